@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from .models import SeedNet, resnet18
-from .paths import CHECKPOINT_DIR, MANIFEST
+from .paths import CHECKPOINT_DIR, MANIFEST, REPO_ROOT
 
 
 @dataclass(frozen=True)
@@ -69,6 +69,13 @@ def checkpoint_path(name: str, directory: Path = CHECKPOINT_DIR) -> Path:
     return Path(directory) / f"{name}.pt"
 
 
+def _relative(path: Path) -> Path:
+    try:
+        return path.resolve().relative_to(REPO_ROOT)
+    except ValueError:
+        return path
+
+
 def _spec(name: str) -> Spec:
     if name not in CATALOGUE:
         raise CheckpointError(f"Unknown checkpoint {name!r}; the course ships {sorted(CATALOGUE)}.")
@@ -79,7 +86,8 @@ def load_state_dict(name: str, directory: Path = CHECKPOINT_DIR, manifest_path: 
     """The verified state dict of checkpoint `name` (sha256 checked, loaded with weights_only)."""
     _spec(name)
     path = checkpoint_path(name, directory)
-    rebuild = f"Rebuild it with `python -m qlib.train {name}` (or restore it: git checkout -- {path.name})."
+    rebuild = (f"Rebuild it with `python -m qlib.train {name}`, or restore the committed copy with "
+               f"`git checkout -- {_relative(path)}`.")
     if not path.is_file():
         raise CheckpointError(f"Checkpoint file {path} is missing. {rebuild}")
     entry = read_manifest(manifest_path).get(name)

@@ -21,6 +21,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .data import fashion_mnist
+from .metrics import accuracy, predict
 from .paths import CHECKPOINT_DIR, MANIFEST
 from .pretrained import CATALOGUE, checkpoint_path, read_manifest, sha256_of
 
@@ -33,15 +34,6 @@ def augment(images: torch.Tensor, generator: torch.Generator, shift: int = 2) ->
     padded = nn.functional.pad(images, (shift, shift, shift, shift), value=float(images.min()))
     dy, dx = torch.randint(0, 2 * shift + 1, (2, n), generator=generator).tolist()
     return torch.stack([padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(n)])
-
-
-@torch.no_grad()
-def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000) -> float:
-    """Top-1 accuracy in percent (model put in eval mode)."""
-    model.eval()
-    correct = sum(int((model(images[i:i + batch_size]).argmax(1) == labels[i:i + batch_size]).sum())
-                  for i in range(0, len(labels), batch_size))
-    return 100.0 * correct / len(labels)
 
 
 def train(name: str, epochs: int | None = None, seed: int = 0, progress: bool = True):
@@ -77,7 +69,7 @@ def train(name: str, epochs: int | None = None, seed: int = 0, progress: bool = 
             schedule.step()
             if step % 20 == 0:
                 bar.set_postfix(loss=f"{loss.item():.3f}")
-        test_accuracy = accuracy(model, test_x, test_y)
+        test_accuracy = accuracy(predict(model, test_x), test_y)
         history.append(round(test_accuracy, 2))
         print(f"{name} epoch {epoch + 1}: test accuracy {test_accuracy:.2f}%", flush=True)
     return model.eval(), history[-1], history

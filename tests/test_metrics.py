@@ -1,0 +1,35 @@
+import pytest
+import torch
+
+from qlib.metrics import accuracy, confusion_matrix, predict
+from qlib import sysinfo
+
+
+def test_confusion_matrix_counts_true_by_predicted():
+    labels = torch.tensor([0, 0, 1, 2, 2, 2])
+    predictions = torch.tensor([0, 1, 1, 2, 0, 2])
+    expected = torch.tensor([[1, 1, 0], [0, 1, 0], [1, 0, 2]])
+    assert torch.equal(confusion_matrix(predictions, labels, 3), expected)
+    assert accuracy(predictions, labels) == pytest.approx(100 * 4 / 6)
+
+
+def test_accuracy_refuses_mismatched_shapes():
+    with pytest.raises(ValueError, match="same shape"):
+        accuracy(torch.zeros(3), torch.zeros(4))
+
+
+def test_predict_batches_give_the_same_answer_as_one_batch():
+    torch.manual_seed(0)
+    model = torch.nn.Linear(5, 4)
+    x = torch.randn(23, 5)
+    assert torch.equal(predict(model, x, batch_size=4), model(x).argmax(1))
+
+
+def test_cpu_flags_and_vnni(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("model name\t: Test CPU\nflags\t\t: fpu avx2 fma avx512_vnni\n")
+    flags = sysinfo.cpu_flags(cpuinfo)
+    assert {"avx2", "avx512_vnni"} <= flags and sysinfo.has_vnni(flags)
+    assert not sysinfo.has_vnni({"avx2", "fma"})
+    assert sysinfo.cpu_name(cpuinfo) == "Test CPU"
+    assert sysinfo.cpu_flags(tmp_path / "missing") == set()
