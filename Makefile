@@ -33,9 +33,13 @@ $(STAMP): requirements.txt pyproject.toml
 data: $(STAMP)
 	@bash scripts/ensure-data.sh $(PY)
 
+# Extra options for JupyterLab, e.g. make lab LAB_ARGS="--no-browser --port 8899".
+LAB_ARGS ?=
+ROOT_ARGS := $(if $(filter 0,$(shell id -u)),--allow-root)
+
 lab: setup
 	@echo "==> starting JupyterLab on notebooks/ (Ctrl-C to stop)"
-	$(VENV)/bin/jupyter lab --notebook-dir=notebooks
+	$(VENV)/bin/jupyter lab --notebook-dir=notebooks $(ROOT_ARGS) $(LAB_ARGS)
 
 test: setup
 	@echo "==> running the test suite: unit tests, then every notebook under nbval (QLIB_SMOKE=1)"
