@@ -84,8 +84,7 @@ class QuantizableBasicBlock(BasicBlock):
 
     `skip_add.add_relu` records the observer of the sum and becomes a quantized add+ReLU after
     conversion; a bare `+` has no observer and would meet quantized tensors it cannot add.
-    `relu2` is kept (unused after fusion into add_relu) only so that the float forward reads
-    like the plain block; it has no parameters, so state dicts stay interchangeable.
+    ReLU modules have no parameters, so the state dicts of both blocks stay interchangeable.
     """
 
     def __init__(self, c_in: int, c_out: int, stride: int = 1, downsample: nn.Module | None = None):

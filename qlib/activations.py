@@ -1,0 +1,45 @@
+"""Record what layers of a float model output, batch by batch, with forward hooks.
+
+Observers only ever see these tensors, so recording them lets a notebook replay, by hand, what
+each observer would compute during calibration. Hooks are always removed, even on error.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+from torch import nn
+
+
+def record_outputs(model: nn.Module, layer_names: Iterable[str], batches: Iterable,
+                   num_batches: int | None = None) -> dict[str, list[torch.Tensor]]:
+    """{layer name: [its output on batch 0, batch 1, ...]} for the named submodules of `model`.
+
+    `batches` yields tensors or (images, labels) pairs; the model runs in inference mode.
+    """
+    modules = dict(model.named_modules())
+    layer_names = list(layer_names)
+    missing = [name for name in layer_names if name not in modules]
+    if missing:
+        some = ", ".join(name for name in list(modules)[1:8])
+        raise ValueError(f"{model.__class__.__name__} has no submodule named {missing}; names look "
+                         f"like: {some}, ... (see model.named_modules()).")
+    recorded: dict[str, list[torch.Tensor]] = {name: [] for name in layer_names}
+
+    def hook_for(name):
+        def hook(module, inputs, output):
+            recorded[name].append(output.detach().clone())
+        return hook
+
+    handles = [modules[name].register_forward_hook(hook_for(name)) for name in layer_names]
+    try:
+        with torch.inference_mode():
+            for index, batch in enumerate(batches):
+                if num_batches is not None and index >= num_batches:
+                    break
+                model(batch[0] if isinstance(batch, (tuple, list)) else batch)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return recorded

@@ -1,0 +1,87 @@
+"""The range rules of torch's observers, by hand, and measures to compare their choices.
+
+MinMax, MovingAverageMinMax and PerChannelMinMax observers only track a (min, max) pair (per
+channel for the last) and then call the same `_calculate_qparams` (qlib.qmath.qparams). These
+functions reproduce the tracking in float32, as the observers do, so the results are equal
+bit for bit (tests/test_observers.py). The HistogramObserver instead searches for a clipped
+range that minimises the L2 quantization error; `quantization_mse` measures that error.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from . import qmath
+
+
+def minmax_range(batches: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """MinMaxObserver: the running min and max over all batches (float32 scalars)."""
+    lo, hi = torch.aminmax(batches[0].float())
+    for batch in batches[1:]:
+        cur_lo, cur_hi = torch.aminmax(batch.float())
+        lo, hi = torch.minimum(lo, cur_lo), torch.maximum(hi, cur_hi)
+    return lo, hi
+
+
+def moving_average_range(batches: Sequence[torch.Tensor], averaging_constant: float = 0.01
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """MovingAverageMinMaxObserver: the first batch sets (min, max); each later one moves them
+    by a fraction c of the way: min <- min + c * (batch_min - min), in float32."""
+    lo, hi = torch.aminmax(batches[0].float())
+    for batch in batches[1:]:
+        cur_lo, cur_hi = torch.aminmax(batch.float())
+        lo = lo + averaging_constant * (cur_lo - lo)
+        hi = hi + averaging_constant * (cur_hi - hi)
+    return lo, hi
+
+
+def per_channel_range(batches: Sequence[torch.Tensor], axis: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """PerChannelMinMaxObserver: running (min, max) of each channel along `axis`."""
+    lo, hi = qmath.channel_ranges(batches[0], axis)
+    for batch in batches[1:]:
+        cur_lo, cur_hi = qmath.channel_ranges(batch, axis)
+        lo, hi = torch.minimum(lo, cur_lo), torch.maximum(hi, cur_hi)
+    return lo, hi
+
+
+def representable_range(scale: float, zero_point: int, qmin: int, qmax: int) -> tuple[float, float]:
+    """The real interval a grid covers, [S (qmin - Z), S (qmax - Z)]: beyond it values are clipped."""
+    return scale * (qmin - zero_point), scale * (qmax - zero_point)
+
+
+def quantization_mse(x: torch.Tensor, scale: float, zero_point: int, dtype=torch.quint8) -> float:
+    """Mean squared error of x after quantize + dequantize (rounding and clipping together)."""
+    x_hat = qmath.fake_quantize(x.float(), scale, zero_point, dtype)
+    return float((x_hat.double() - x.double()).pow(2).mean())
+
+
+def mse_curve(x: torch.Tensor, highs, dtype=torch.quint8, reduce_range: bool = False) -> torch.Tensor:
+    """Quantization MSE of x for calibration ranges [min(x), high], one per candidate `high`.
+
+    Small highs clip much, large ones round coarsely: the curve shows the trade-off the
+    HistogramObserver searches.
+    """
+    lo = float(x.min())
+    errors = []
+    for high in highs:
+        scale, zero_point = qmath.qparams(lo, float(high), dtype, reduce_range=reduce_range)
+        errors.append(quantization_mse(x, scale, zero_point, dtype))
+    return torch.tensor(errors, dtype=torch.float64)
+
+
+def vpmaddubsw(activations_u8: torch.Tensor, weights_s8: torch.Tensor) -> torch.Tensor:
+    """AVX2's vpmaddubsw on the last axis: u8 * s8 products summed in pairs, saturated to int16.
+
+    This is the instruction fbgemm's AVX2 int8 kernels use; its saturation is why x86's default
+    qconfig keeps activations to 7 bits (reduce_range).
+    """
+    a = activations_u8.to(torch.int32)
+    w = weights_s8.to(torch.int32)
+    if a.shape[-1] % 2 or a.shape != w.shape:
+        raise ValueError("vpmaddubsw multiplies equal-shaped tensors whose last axis has even length.")
+    if a.min() < 0 or a.max() > 255 or w.min() < -128 or w.max() > 127:
+        raise ValueError("activations must be in [0, 255] (u8), weights in [-128, 127] (s8).")
+    pairs = (a * w).reshape(*a.shape[:-1], -1, 2).sum(-1)
+    return pairs.clamp(-(2**15), 2**15 - 1)
