@@ -1,0 +1,179 @@
+"""Read a converted int8 model: every layer's activation and weight quantization parameters.
+
+A converted module stores the scale and zero point of its OUTPUT (`model.features[0].scale`, as
+the forum answer says); its input's are those of whatever produced the input, which the module
+itself does not know. `qparams_table` therefore runs one sample through the model with hooks and
+records the qparams of the tensors each module actually receives and returns.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from typing import Any
+
+import pandas as pd
+import torch
+from torch import nn
+from torch.ao.nn.quantized import QFunctional
+
+from .ptq import engine_active, engine_of
+
+_QFUNCTIONAL_METHODS = ("add", "add_relu", "add_scalar", "mul", "mul_scalar", "cat", "matmul")
+
+
+def is_quantized_module(module: nn.Module) -> bool:
+    """True for the modules convert() puts in (torch.ao.nn.quantized and its intrinsic fusions)."""
+    return type(module).__module__.startswith(("torch.ao.nn.quantized", "torch.ao.nn.intrinsic.quantized"))
+
+
+def _qparams(tensor: Any) -> tuple[float, int] | None:
+    if isinstance(tensor, torch.Tensor) and tensor.is_quantized and tensor.qscheme() in (
+            torch.per_tensor_affine, torch.per_tensor_symmetric):
+        return float(tensor.q_scale()), int(tensor.q_zero_point())
+    return None
+
+
+def _weight(module: nn.Module) -> torch.Tensor | None:
+    weight = getattr(module, "weight", None)
+    weight = weight() if callable(weight) else weight
+    return weight if isinstance(weight, torch.Tensor) and weight.is_quantized else None
+
+
+def _stored_output_qparams(module: nn.Module) -> tuple[float, int] | None:
+    scale, zero_point = getattr(module, "scale", None), getattr(module, "zero_point", None)
+    if scale is None or zero_point is None:
+        return None
+    return float(torch.as_tensor(scale).reshape(-1)[0]), int(torch.as_tensor(zero_point).reshape(-1)[0])
+
+
+def trace_qparams(qmodel: nn.Module, sample: torch.Tensor) -> dict[str, dict]:
+    """Run `sample` through `qmodel`, recording each quantized module's inputs' and output's qparams.
+
+    Forward hooks see ordinary modules; a QFunctional (the converted FloatFunctional) is called
+    through its methods (`add_relu`...), not forward(), so those are wrapped for the duration.
+    Returns {module path: {"order", "inputs": [(scale, zp) or None...], "output": (scale, zp)}}.
+    """
+    seen: dict[str, dict] = {}
+    handles, patched = [], []
+
+    def record(name: str, inputs, output) -> None:
+        if name not in seen:
+            flat = inputs[0] if name in patched_names and inputs and isinstance(inputs[0], (list, tuple)) else inputs
+            seen[name] = dict(order=len(seen), inputs=[_qparams(t) for t in flat], output=_qparams(output))
+
+    patched_names = set()
+    for name, module in qmodel.named_modules():
+        if not is_quantized_module(module):
+            continue
+        if isinstance(module, QFunctional):
+            for method in _QFUNCTIONAL_METHODS:
+                original = getattr(module, method)
+
+                def wrapper(*args, _name=name, _original=original, **kwargs):
+                    output = _original(*args, **kwargs)
+                    record(_name, args, output)
+                    return output
+
+                setattr(module, method, wrapper)
+                patched.append((module, method))
+            patched_names.add(name)
+        else:
+            handles.append(module.register_forward_hook(
+                lambda m, inputs, output, _name=name: record(_name, inputs, output)))
+    try:
+        with engine_active(engine_of(qmodel)), torch.inference_mode():
+            qmodel(sample)
+    finally:
+        for handle in handles:
+            handle.remove()
+        for module, method in patched:
+            delattr(module, method)  # the instance attribute goes; the class method shows again
+    return seen
+
+
+def qparams_table(qmodel: nn.Module, sample: torch.Tensor | None = None) -> pd.DataFrame:
+    """One row per quantized module, in execution order: activation and weight qparams.
+
+    Columns: module (path), type (m._get_name(), as the printout shows it), in_scale /
+    in_zero_point (the tensor it received; in2_* for a second operand, e.g. the skip of an add),
+    out_scale / out_zero_point (stored on the module where it has them, else measured),
+    weight_dtype, weight_qscheme, weight_scale_min / weight_scale_max (equal for per-tensor),
+    weight_channels (number of per-channel scales, 1 for per-tensor). The qparams do not depend on
+    the sample's values, only on which tensors flow where: `sample` defaults to one zero image of
+    the course's Fashion-MNIST shape [1, 1, 28, 28].
+    """
+    sample = torch.zeros(1, 1, 28, 28) if sample is None else sample
+    traced = trace_qparams(qmodel, sample)
+    rows = []
+    quantized_names = [name for name, m in qmodel.named_modules() if is_quantized_module(m)]
+    for name, module in qmodel.named_modules():
+        if not is_quantized_module(module) or any(name.startswith(f"{other}.") for other in quantized_names):
+            continue  # internals such as a Linear's _packed_params belong to their parent's row
+        info = traced.get(name, dict(order=len(traced) + len(rows), inputs=[], output=None))
+        inputs = [q for q in info["inputs"]] + [None, None]
+        output = _stored_output_qparams(module) or info["output"]
+        weight = _weight(module)
+        row = dict(module=name, type=module._get_name(), order=info["order"],
+                   in_scale=inputs[0][0] if inputs[0] else None,
+                   in_zero_point=inputs[0][1] if inputs[0] else None,
+                   in2_scale=inputs[1][0] if inputs[1] else None,
+                   in2_zero_point=inputs[1][1] if inputs[1] else None,
+                   out_scale=output[0] if output else None,
+                   out_zero_point=output[1] if output else None,
+                   weight_dtype=None, weight_qscheme=None, weight_scale_min=None,
+                   weight_scale_max=None, weight_channels=None)
+        if weight is not None:
+            if weight.qscheme() in (torch.per_channel_affine, torch.per_channel_symmetric,
+                                    torch.per_channel_affine_float_qparams):
+                scales = weight.q_per_channel_scales()
+            else:
+                scales = torch.tensor([weight.q_scale()], dtype=torch.float64)
+            row.update(weight_dtype=str(weight.dtype).replace("torch.", ""),
+                       weight_qscheme=str(weight.qscheme()).replace("torch.", ""),
+                       weight_scale_min=float(scales.min()), weight_scale_max=float(scales.max()),
+                       weight_channels=len(scales))
+        rows.append(row)
+    table = pd.DataFrame(rows).sort_values("order", kind="stable").drop(columns="order")
+    table = table.set_index("module")
+    for column in ("in_zero_point", "in2_zero_point", "out_zero_point", "weight_channels"):
+        table[column] = table[column].astype("Int64")  # integers, with <NA> where not applicable
+    # Columns no module filled (e.g. no second operands in SeedNet) would only add noise.
+    return table.dropna(axis=1, how="all")
+
+
+def size_bytes(model: nn.Module) -> int:
+    """Bytes of the model's state dict serialised with torch.save (what a checkpoint file weighs)."""
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    return buffer.getbuffer().nbytes
+
+
+_LINE = re.compile(r"^(?P<indent>\s*)\((?P<key>[^)]+)\): (?P<type>\w+)\((?P<args>.*)$")
+_NUMBER = r"(?:tensor\(\[)?([-+0-9.eE]+)"
+
+
+def parse_printout(text: str) -> pd.DataFrame:
+    """The modules of a printed model (`print(model)`, e.g. pasted from a forum) as a table.
+
+    One row per `(name): Type(...)` line: its dotted path (from the indentation: two spaces per
+    level, as torch prints), type, and the scale / zero point written on the line, if any.
+    """
+    rows, stack = [], []
+    for line in text.splitlines():
+        match = _LINE.match(line)
+        if not match:  # a module whose extra_repr spans lines (QFunctional prints its scale below)
+            if rows and rows[-1]["scale"] is None and (scale := re.search(r"\bscale=" + _NUMBER, line)):
+                zero_point = re.search(r"\bzero_point=" + _NUMBER, line)
+                rows[-1].update(scale=float(scale[1]), zero_point=int(float(zero_point[1])) if zero_point else None)
+            continue
+        depth = max(len(match["indent"]) // 2 - 1, 0)
+        stack = stack[:depth] + [match["key"]]
+        scale = re.search(r"\bscale=" + _NUMBER, match["args"])
+        zero_point = re.search(r"\bzero_point=" + _NUMBER, match["args"])
+        rows.append(dict(module=".".join(stack), type=match["type"],
+                         scale=float(scale[1]) if scale else None,
+                         zero_point=int(float(zero_point[1])) if zero_point else None))
+    table = pd.DataFrame(rows, columns=["module", "type", "scale", "zero_point"]).set_index("module")
+    table["zero_point"] = table["zero_point"].astype("Int64")
+    return table
