@@ -1,0 +1,207 @@
+"""qlib.int8 against PyTorch's own int8 kernels: equal bit for bit, engine by engine."""
+
+import pytest
+from hypothesis import given, settings, strategies as st
+import torch
+from torch import nn
+from torch.ao.nn.quantized import FloatFunctional
+from torch.ao.quantization import DeQuantStub, QuantStub, default_qconfig, get_default_qconfig
+
+from qlib import data, int8, models, pretrained, ptq
+
+# (engine converted under, qconfig of which engine); onednn+x86 = oneDNN kernels, 7-bit activations.
+CASES = {"x86": ("x86", "x86"), "fbgemm": ("fbgemm", "fbgemm"), "qnnpack": ("qnnpack", "qnnpack"),
+         "onednn-reduce-range": ("onednn", "x86"), "onednn-default": ("onednn", "onednn")}
+CASES = {k: v for k, v in CASES.items() if v[0] in ptq.available_engines()}
+
+
+@pytest.fixture(scope="module")
+def images():
+    return data.fashion_mnist("test").tensors()[0][:1000]
+
+
+@pytest.fixture(scope="module")
+def calibration():
+    return data.calibration_subset(256)
+
+
+def convert(model, calibration, case, qconfig=None):
+    engine, qconfig_engine = CASES[case]
+    return ptq.quantize_static(model, calibration, engine=engine, progress=False,
+                               qconfig=qconfig or get_default_qconfig(qconfig_engine))
+
+
+def assert_bit_exact(qmodel, x, batch_size):
+    interpreter = int8.Interpreter(qmodel)
+    saturated = 0
+    with torch.inference_mode():
+        for start in range(0, len(x), batch_size):
+            batch = x[start:start + batch_size]
+            ours, theirs = interpreter(batch), qmodel(batch)
+            assert torch.equal(ours, theirs), (
+                f"images {start}..{start + len(batch)}: {(ours != theirs).sum()} of {ours.numel()} differ")
+            saturated += sum(interpreter.saturation.values())
+    return saturated
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_seednet_bit_exact(case, calibration, images):
+    qmodel = convert(pretrained.load("seednet-fmnist"), calibration, case)
+    saturated = assert_bit_exact(qmodel, images, 1000)
+    if case == "onednn-default":  # 8-bit activations do saturate int16 pairs on AVX2
+        assert saturated > 0 or int8._cpu_has_vnni()
+
+
+def _resnet():
+    if "resnet18-fmnist" in pretrained.available():
+        return pretrained.load("resnet18-fmnist", quantizable=True)
+    torch.manual_seed(0)
+    return models.resnet18(num_classes=10, in_channels=1, width=16, small_input=True, quantizable=True).eval()
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_resnet_bit_exact(case, images):
+    qmodel = convert(_resnet(), data.calibration_subset(64), case)   # small: histogram observers are slow
+    assert_bit_exact(qmodel, images, 250)
+
+
+def test_saturation_emulation_is_what_makes_onednn_default_exact(calibration, images):
+    if "onednn-default" not in CASES or int8._cpu_has_vnni():
+        pytest.skip("needs engine onednn on a CPU without VNNI")
+    qmodel = convert(pretrained.load("seednet-fmnist"), calibration, "onednn-default")
+    x = images[:500]
+    plain = int8.compare_layers(qmodel, x, int16_saturation=False)
+    assert plain.mismatches.sum() > 0          # exact int32 sums are not what the kernel does
+    emulated = int8.compare_layers(qmodel, x)
+    assert emulated.mismatches.sum() == 0
+
+
+class Zoo(nn.Module):
+    """Every supported op in one model: grouped, depthwise, dilated and strided convs, both
+    poolings with odd settings, mul, add_relu, cat (NHWC and 2-D), ReLU, Flatten, Dropout."""
+
+    def __init__(self):
+        super().__init__()
+        self.quant, self.dequant = QuantStub(), DeQuantStub()
+        self.stem = nn.Conv2d(1, 12, 3, padding=1)
+        self.stem_relu = nn.ReLU()
+        self.depthwise = nn.Conv2d(12, 12, 3, stride=2, padding=2, dilation=2, groups=12)
+        self.grouped = nn.Conv2d(12, 24, (3, 1), padding=(1, 0), groups=3, bias=False)
+        self.pointwise = nn.Conv2d(12, 24, 1)
+        self.mul, self.add, self.cat, self.cat2 = (FloatFunctional() for _ in range(4))
+        self.relu = nn.ReLU()
+        self.avg = nn.AvgPool2d(3, stride=2, padding=1, ceil_mode=True, count_include_pad=False)
+        self.avg2 = nn.AvgPool2d(2, padding=1)
+        self.avg3 = nn.AvgPool2d(3, stride=1, padding=1)      # 12 channels: 8 vector lanes + 4 scalar
+        self.max = nn.MaxPool2d(2, ceil_mode=True)
+        self.adaptive = nn.AdaptiveAvgPool2d((2, 3))
+        self.flatten, self.drop = nn.Flatten(), nn.Dropout(0.1)
+        self.fc1, self.fc2 = nn.Linear(60 * 6, 16), nn.Linear(60 * 6, 8)
+        self.head = nn.Sequential(nn.ReLU(), nn.Linear(24, 10))
+
+    def forward(self, x):
+        x = self.avg3(self.depthwise(self.stem_relu(self.stem(self.quant(x)))))
+        a, b = self.grouped(x), self.pointwise(x)
+        s = self.add.add_relu(a, self.mul.mul(a, b))
+        c = self.cat.cat([s, self.relu(b), x], dim=1)             # 24 + 24 + 12 channels
+        c = self.adaptive(self.max(self.avg2(self.avg(c))))
+        c = self.drop(self.flatten(c))
+        c = self.cat2.cat([self.fc1(c), self.fc2(c)], dim=1)
+        return self.dequant(self.head(c))
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c != "onednn-default"])
+def test_every_supported_op_bit_exact(case, calibration, images):
+    torch.manual_seed(0)
+    qmodel = convert(Zoo().eval(), calibration, case)
+    assert_bit_exact(qmodel, images, 500)
+    table = int8.compare_layers(qmodel, images[:200])
+    assert {"add", "mul", "cat", "cat2", "depthwise", "grouped", "avg", "adaptive"} <= set(table.layer)
+    assert table.mismatches.sum() == 0
+
+
+def test_per_tensor_weights_under_fbgemm(calibration, images):
+    if "fbgemm" not in CASES:
+        pytest.skip("fbgemm not available")
+    torch.manual_seed(0)
+    qmodel = convert(Zoo().eval(), calibration, "fbgemm", qconfig=default_qconfig)
+    assert qmodel.fc1.weight().qscheme() == torch.per_tensor_affine
+    assert_bit_exact(qmodel, images, 1000)
+
+
+class AddOnly(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.quant, self.dequant = QuantStub(), DeQuantStub()
+        self.conv1, self.conv2 = nn.Conv2d(1, 8, 3, padding=1), nn.Conv2d(1, 8, 1)
+        self.add = FloatFunctional()
+
+    def forward(self, x):
+        x = self.quant(x)
+        return self.dequant(self.add.add(self.conv1(x), self.conv2(x)))
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 3, 5), (3, 1, 13, 17), (16, 1, 28, 28), (41, 1, 31, 29)])
+def test_add_scalar_tail_follows_pytorch_threads_and_sizes(shape):
+    """The add's last (n % 64) values per thread chunk use the scalar formula; sizes around
+    the 32,768-element parallel grain move that tail."""
+    torch.manual_seed(1)
+    model = AddOnly().eval()
+    calibration = [torch.randn(8, 1, 28, 28)]
+    qmodel = ptq.quantize_static(model, calibration, engine="x86", progress=False)
+    x = torch.randn(shape) * 3
+    assert torch.equal(int8.run(qmodel, x), qmodel(x))
+
+
+def test_engine_comes_from_the_model_or_the_caller(calibration, images):
+    qmodel = convert(pretrained.load("seednet-fmnist"), calibration, "x86")
+    assert int8.Interpreter(qmodel).engine == "x86"
+    assert int8.Interpreter(qmodel, engine="qnnpack").engine == "qnnpack"
+    with pytest.raises(ValueError, match="engine"):
+        int8.Interpreter(qmodel, engine="tpu")
+    with pytest.raises(ValueError, match="requant"):
+        int8.Interpreter(qmodel, requant="magic")
+
+
+def test_original_model_is_untouched(calibration, images):
+    qmodel = convert(pretrained.load("seednet-fmnist"), calibration, "x86")
+    before = [type(m) for m in qmodel.modules()]
+    expected = qmodel(images[:64])
+    int8.run(qmodel, images[:64])
+    assert [type(m) for m in qmodel.modules()] == before
+    assert torch.equal(qmodel(images[:64]), expected)
+
+
+class WithSigmoid(nn.Module):
+    def __init__(self, as_module: bool):
+        super().__init__()
+        self.quant, self.dequant = QuantStub(), DeQuantStub()
+        self.body = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Hardswish() if as_module else nn.Identity())
+        self.as_module = as_module
+
+    def forward(self, x):
+        x = self.body(self.quant(x))
+        return self.dequant(x if self.as_module else torch.sigmoid(x))
+
+
+def test_unsupported_module_is_named(calibration):
+    qmodel = ptq.quantize_static(WithSigmoid(True).eval(), calibration, engine="x86", progress=False)
+    with pytest.raises(int8.UnsupportedModuleError, match=r"body\.1 .*Hardswish"):
+        int8.run(qmodel, torch.zeros(1, 1, 8, 8))
+
+
+def test_unsupported_function_is_named(calibration):
+    qmodel = ptq.quantize_static(WithSigmoid(False).eval(), calibration, engine="x86", progress=False)
+    with pytest.raises(int8.UnsupportedModuleError, match=r"sigmoid.*int8"):
+        int8.run(qmodel, torch.zeros(1, 1, 8, 8))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.floats(-300, 300, width=32), min_size=1, max_size=64),
+       st.floats(0.0009765625, 2.0, width=32), st.integers(0, 255))
+def test_quantize_and_dequantize_match_torch(values, scale, zero_point):
+    x = torch.tensor(values + [(k + 0.5) * scale for k in range(-3, 3)])   # ties included
+    q = torch.quantize_per_tensor(x, scale, zero_point, torch.quint8)
+    ours = int8.quantize(x, scale, zero_point)
+    assert torch.equal(ours.to(torch.uint8), q.int_repr())
+    assert torch.equal(int8.dequantize(ours, scale, zero_point), q.dequantize())
