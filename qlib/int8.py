@@ -38,6 +38,8 @@ import torch.ao.nn.quantized as nnq
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten
 
+from .sysinfo import has_vnni
+
 ENGINES = ("fbgemm", "x86", "qnnpack", "onednn")
 REQUANT_MODES = ("exact", "fixedpoint")
 F32 = torch.float32
@@ -440,16 +442,6 @@ def _is_channels_last(t: torch.Tensor) -> bool:
     if flag is not None:
         return flag
     return t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
-
-
-def _cpu_has_vnni() -> bool:
-    """AVX512-VNNI / AVX-VNNI: int8 dot products accumulate in int32 without saturation."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = f.read()
-    except OSError:
-        return False
-    return "avx512_vnni" in flags or "avx_vnni" in flags
 
 
 @dataclass
@@ -918,7 +910,7 @@ class Interpreter:
         if qmodel.training:
             raise ValueError("The model is in training mode; call .eval() first (Dropout must be off).")
         # int16 pair saturation happens on CPUs without VNNI; None: do what this CPU does.
-        vnni = _cpu_has_vnni()
+        vnni = has_vnni()
         saturate = not vnni if int16_saturation is None else int16_saturation
         self.ctx = Context(engine_of(qmodel, engine), requant, vnni, saturate, saturation={})
         self.where: list = []

@@ -7,7 +7,7 @@ from torch import nn
 from torch.ao.nn.quantized import FloatFunctional
 from torch.ao.quantization import DeQuantStub, QuantStub, default_qconfig, get_default_qconfig
 
-from qlib import data, int8, models, pretrained, ptq
+from qlib import data, int8, models, pretrained, ptq, sysinfo
 
 # (engine converted under, qconfig of which engine); onednn+x86 = oneDNN kernels, 7-bit activations.
 CASES = {"x86": ("x86", "x86"), "fbgemm": ("fbgemm", "fbgemm"), "qnnpack": ("qnnpack", "qnnpack"),
@@ -49,7 +49,7 @@ def test_seednet_bit_exact(case, calibration, images):
     qmodel = convert(pretrained.load("seednet-fmnist"), calibration, case)
     saturated = assert_bit_exact(qmodel, images, 1000)
     if case == "onednn-default":  # 8-bit activations do saturate int16 pairs on AVX2
-        assert saturated > 0 or int8._cpu_has_vnni()
+        assert saturated > 0 or sysinfo.has_vnni()
 
 
 def _resnet():
@@ -66,7 +66,7 @@ def test_resnet_bit_exact(case, images):
 
 
 def test_saturation_emulation_is_what_makes_onednn_default_exact(calibration, images):
-    if "onednn-default" not in CASES or int8._cpu_has_vnni():
+    if "onednn-default" not in CASES or sysinfo.has_vnni():
         pytest.skip("needs engine onednn on a CPU without VNNI")
     qmodel = convert(pretrained.load("seednet-fmnist"), calibration, "onednn-default")
     x = images[:500]
