@@ -24,6 +24,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
+from .metrics import accuracy
 from .paths import REPO_ROOT
 from .ptq import engine_active, engine_of
 
@@ -64,8 +65,7 @@ def evaluate(model: nn.Module, data, batch_size: int = 500, progress: bool = Tru
     images, labels = as_tensors(data)
     if len(images) == 0:
         raise ValueError("No images to evaluate on.")
-    predictions = logits(model, images, batch_size, progress).argmax(1)
-    return 100.0 * int((predictions == labels).sum()) / len(images)
+    return accuracy(logits(model, images, batch_size, progress).argmax(1), labels)
 
 
 @contextlib.contextmanager

@@ -38,6 +38,7 @@ import torch.ao.nn.quantized as nnq
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten
 
+from . import qmath
 from .sysinfo import has_vnni
 
 ENGINES = ("fbgemm", "x86", "qnnpack", "onednn")
@@ -61,15 +62,17 @@ def rne(x: torch.Tensor) -> torch.Tensor:
 
 # --- 1. quantize / dequantize -------------------------------------------------------------------
 
-def quantize(x: torch.Tensor, scale: float, zero_point: int, qmin: int = 0, qmax: int = 255) -> torch.Tensor:
-    """q = clamp(rne(x * f32(1/scale)) + zp): float in, integers out (QuantStub)."""
-    inverse = f32(1.0) / f32(scale)
-    return (rne(x.to(F32) * inverse) + zero_point).clamp(qmin, qmax)
+# The interpreter's activations are quint8; notebook 01's qlib.qmath holds the formulas, bit-exact
+# with torch: q = clamp(rne(x * f32(1/scale)) + zp, 0, 255) and x = f32(q - zp) * f32(scale).
+
+def quantize(x: torch.Tensor, scale: float, zero_point: int) -> torch.Tensor:
+    """QuantStub: float in, uint8 integers out."""
+    return qmath.quantize(x, scale, zero_point, torch.quint8)
 
 
 def dequantize(q: torch.Tensor, scale: float, zero_point: int) -> torch.Tensor:
-    """x = (q - zp) * scale in float32 (DeQuantStub)."""
-    return (q - zero_point).to(F32) * f32(scale)
+    """DeQuantStub: uint8 integers in, float32 out."""
+    return qmath.dequantize(q, scale, zero_point, torch.quint8)
 
 
 # --- 2. the multiply-accumulate: exact integer sums --------------------------------------------

@@ -21,7 +21,9 @@ def accuracy(predictions: torch.Tensor, labels: torch.Tensor) -> float:
     if predictions.shape != labels.shape:
         raise ValueError(f"predictions {tuple(predictions.shape)} and labels {tuple(labels.shape)} "
                          "must have the same shape.")
-    return 100.0 * (predictions == labels).float().mean().item()
+    if len(labels) == 0:
+        raise ValueError("No labels: accuracy of an empty set is undefined; pass at least one image.")
+    return 100.0 * int((predictions == labels).sum()) / len(labels)  # exact count, no float32 mean
 
 
 def confusion_matrix(predictions: torch.Tensor, labels: torch.Tensor, num_classes: int = 10) -> torch.Tensor:

@@ -16,6 +16,13 @@ def test_confusion_matrix_counts_true_by_predicted():
 def test_accuracy_refuses_mismatched_shapes():
     with pytest.raises(ValueError, match="same shape"):
         accuracy(torch.zeros(3), torch.zeros(4))
+    with pytest.raises(ValueError, match="empty"):
+        accuracy(torch.zeros(0), torch.zeros(0))
+
+
+def test_accuracy_is_an_exact_count():
+    labels = torch.arange(10_000) % 10
+    assert accuracy(torch.full_like(labels, 3), labels) == 10.0  # a float32 mean gives 10.000000149
 
 
 def test_predict_batches_give_the_same_answer_as_one_batch():
