@@ -38,7 +38,7 @@ import torch.ao.nn.quantized as nnq
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten
 
-from . import qmath
+from . import ptq, qmath
 from .sysinfo import has_vnni
 
 ENGINES = ("fbgemm", "x86", "qnnpack", "onednn")
@@ -614,12 +614,16 @@ def pool_windows(t, kernel, stride, padding, dilation=1, ceil_mode=False, pad_va
     return windows[..., :sizes[0], :sizes[1], ::d[0], ::d[1]]
 
 
-class MaxPoolI(Interpreted):
-    """Max pooling: the largest integer of each window; scale and zero point unchanged."""
+class PoolI(Interpreted):
+    """A pooling layer: keeps the original module for its window settings."""
 
     def __init__(self, path, m, ctx):
         super().__init__(path, m, ctx)
         self.pool = m
+
+
+class MaxPoolI(PoolI):
+    """Max pooling: the largest integer of each window; scale and zero point unchanged."""
 
     def forward(self, x):
         p = self.pool
@@ -627,12 +631,8 @@ class MaxPoolI(Interpreted):
         return self.emit(windows.amax((-1, -2)), x.q_scale(), x.q_zero_point(), _is_channels_last(x))
 
 
-class AvgPoolI(Interpreted):
+class AvgPoolI(PoolI):
     """Average pooling: integer window sums of (q - zp), one multiplier per window size."""
-
-    def __init__(self, path, m, ctx):
-        super().__init__(path, m, ctx)
-        self.pool = m
 
     def forward(self, x):
         p = self.pool
@@ -893,7 +893,7 @@ def _copy_tree(module: nn.Module, path: str, leaf, where: list | None) -> nn.Mod
 
 def engine_of(qmodel: nn.Module, engine: str | None = None) -> str:
     """The engine whose arithmetic to follow: given, else set by qlib.ptq, else torch's active one."""
-    engine = engine or getattr(qmodel, "qengine", None) or torch.backends.quantized.engine
+    engine = engine or ptq.engine_of(qmodel) or torch.backends.quantized.engine
     if engine not in ENGINES:
         raise ValueError(f"engine {engine!r} is not one the interpreter knows; choose one of {ENGINES}.")
     return engine
