@@ -83,6 +83,6 @@ def test_fixed_point_mode_makes_no_float_tensor(seednet, monkeypatch):
     def float_multiplier(v, m0, shift):                # a float shortcut sneaking in
         return torch.round(v.double() * torch.as_tensor(m0) / 2.0 ** 31 / 2.0 ** torch.as_tensor(shift)).long()
 
-    monkeypatch.setattr(int8, "multiply_by_quantized_multiplier", float_multiplier)
+    monkeypatch.setattr(int8.fixedpoint, "multiply_by_quantized_multiplier", float_multiplier)
     with pytest.raises(AssertionError, match="float tensor in fixed-point mode"):
         int8.run(qmodel, x[:8], requant="fixedpoint")

@@ -1,0 +1,106 @@
+"""The interpreter next to PyTorch: layer by layer, and one output worked out by hand.
+
+`compare_layers` records every quantized op PyTorch runs (recorder.py) and puts the
+interpreter's int8 output for the same op beside it. By default each side runs the whole model,
+so a difference in one layer is carried into every later one; `teacher_forced=True` feeds every
+interpreter op PyTorch's own input instead, so a mismatch names the op whose arithmetic differs.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..ptq import engine_active
+from .cpu import CpuProfile
+from .interpreter import Interpreter
+from .layers import ConvI, WeightedI
+from .recorder import recording
+
+
+def record_pytorch(qmodel: nn.Module, x: torch.Tensor, engine: str):
+    """PyTorch's own run of qmodel on x: (output, recorder.Recording)."""
+    with engine_active(engine), torch.inference_mode(), recording(qmodel) as rec:
+        out = qmodel(x)
+    return out, rec
+
+
+def _row(key, kind, label, mine, reference):
+    if mine is None or mine.shape != reference.shape:
+        raise RuntimeError(f"{key}: the interpreter produced no comparable output "
+                           f"({None if mine is None else tuple(mine.shape)} vs {tuple(reference.shape)}).")
+    diff = (mine.to(torch.int64) - reference).abs()
+    return {"layer": key, "type": kind, "kernel": label, "elements": reference.numel(),
+            "mismatches": int((diff > 0).sum()), "max_diff": int(diff.max()) if diff.numel() else 0}
+
+
+def compare_calls(interpreter: Interpreter, calls) -> list[dict]:
+    """Teacher forcing: each recorded op re-executed on PyTorch's inputs, its output compared."""
+    rows = []
+    for call in calls:
+        if not (isinstance(call.output, torch.Tensor) and call.output.is_quantized):
+            continue
+        mine = interpreter.run_op(call)
+        rows.append(_row(call.key, call.type, _kernel(interpreter, call.path), mine.int_repr(),
+                         call.output.int_repr().to(torch.int64)))
+    return rows
+
+
+def _kernel(interpreter: Interpreter, path: str) -> str:
+    try:
+        layer = interpreter.model.get_submodule(path) if path else None
+    except AttributeError:
+        return ""
+    return layer.arithmetic.label if isinstance(layer, WeightedI) else ""
+
+
+def compare_layers(qmodel: nn.Module, x: torch.Tensor, requant: str = "exact", engine: str | None = None,
+                   int16_saturation: bool | None = None, cpu: CpuProfile | str | None = None,
+                   teacher_forced: bool = False):
+    """Per op: the interpreter's int8 output against PyTorch's (a pandas DataFrame with the
+    columns layer, type, kernel, elements, mismatches, max_diff)."""
+    import pandas as pd
+
+    interpreter = Interpreter(qmodel, requant, engine, int16_saturation, cpu)
+    _, rec = record_pytorch(qmodel, x, interpreter.engine)
+    if teacher_forced:
+        return pd.DataFrame(compare_calls(interpreter, rec.calls))
+    ours = {}
+    interpreter(x, record=ours)
+    types = {c.key: c.type for c in rec.calls}
+    rows = [_row(key, types[key], _kernel(interpreter, key.split("#")[0].split(":")[0]), ours.get(key), reference)
+            for key, reference in rec.outputs().items()]
+    return pd.DataFrame(rows)
+
+
+def trace(layer: WeightedI, q_in: torch.Tensor, in_scale: float, in_zp: int, index: tuple) -> dict:
+    """One output of a conv / linear layer worked out with Python integers, step by step: the
+    numbers a learner can check by hand, requantized by the arithmetic the layer follows.
+
+    q_in: the layer's input integers for one image ([C, H, W] or [features]); index: (oc, y, x)
+    for a conv, (o,) for a linear layer.
+    """
+    import torch.nn.functional as F
+
+    oc = index[0]
+    w = layer.wq[oc].to(torch.int64)
+    if isinstance(layer, ConvI):
+        (s_h, s_w), (p_h, p_w), (d_h, d_w) = layer.stride, layer.padding, layer.dilation
+        cg, kh, kw = w.shape
+        g = oc // (layer.wq.shape[0] // layer.groups)
+        x = F.pad(q_in[g * cg:(g + 1) * cg].to(torch.int64), (p_w, p_w, p_h, p_h), value=in_zp)
+        y0, x0 = index[1] * s_h, index[2] * s_w
+        window = x[:, y0:y0 + d_h * (kh - 1) + 1:d_h, x0:x0 + d_w * (kw - 1) + 1:d_w]
+    else:
+        window = q_in.to(torch.int64)
+    xs, ws = window.flatten().tolist(), (w - int(layer.w_zp[oc])).flatten().tolist()
+    acc = sum((a - in_zp) * b for a, b in zip(xs, ws))              # exact integer dot product
+    m = in_scale * float(layer.w_scale[oc]) / layer.scale            # the real multiplier, eq. (3)
+    bias = 0.0 if layer.bias is None else float(layer.bias[oc]) / (in_scale * float(layer.w_scale[oc]))
+    one = slice(oc, oc + 1)
+    q = layer.arithmetic.requantize(torch.tensor([[acc]], dtype=torch.int32), in_scale, layer.w_scale[one],
+                                    None if layer.bias is None else layer.bias[one], layer.scale,
+                                    layer.zero_point, layer.relu, layer.per_channel)
+    return {"inputs": len(xs), "acc = sum (x - x_zp) * w": acc, "bias / (s_x * s_w)": bias,
+            "M = s_x * s_w / s_out": m, "(acc + bias) * M + z": (acc + bias) * m + layer.zero_point,
+            f"requantized ({layer.arithmetic.library})": int(q)}

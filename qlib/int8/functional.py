@@ -1,0 +1,59 @@
+"""Torch functions that a model's forward() may call on int8 activations, and their integer forms.
+
+A converted model computes not only in modules: torchvision's quantizable models call
+`F.adaptive_avg_pool2d`, `F.avg_pool2d`, `F.max_pool2d`, `F.hardsigmoid`, a ReLU module calls
+`F.relu`, a channel shuffle calls `view` / `transpose` / `contiguous`. The interpreter's guard
+(interpreter.py) sees every torch function called on an int8 activation and looks it up here:
+
+- `GLUE`: pure data movement and metadata, run by PyTorch itself on the container tensor;
+- `HANDLERS`: ops with arithmetic, each turned into the interpreter layer of the equivalent
+  module (F.avg_pool2d(x, 3) is what nn.AvgPool2d(3) computes);
+- anything else: UnsupportedModuleError naming the function and where it was called.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from . import layers
+
+# Functions forward() may call on an int8 activation: views and metadata, no arithmetic.
+GLUE = {"flatten", "reshape", "view", "view_as", "squeeze", "unsqueeze", "contiguous", "size", "dim",
+        "numel", "__get__", "__len__", "is_contiguous", "stride", "q_scale", "q_zero_point", "int_repr",
+        "qscheme", "dequantize", "__repr__", "__format__", "detach", "clone", "transpose", "permute",
+        "chunk", "split", "narrow", "__getitem__", "t", "is_quantized", "dtype", "shape", "ndim", "device"}
+
+
+def _dropout(ctx, path, x, p=0.5, training=False, inplace=False):
+    if training:
+        raise layers.UnsupportedModuleError(f"{path}: dropout in training mode on an int8 activation; "
+                                            "call .eval() on the model first.")
+    return x
+
+
+def _module_call(make):
+    """A handler that builds the equivalent module and runs the interpreter layer for it."""
+    def handler(ctx, path, x, *args, **kwargs):
+        module = make(*args, **kwargs)
+        from .interpreter import layer_for        # the one table of module -> layer
+        return layer_for(module, path, ctx)(x)
+    return handler
+
+
+def _relu(ctx, path, x, inplace=False):
+    return layers.ReLUI(path, nn.ReLU(), ctx)(x)
+
+
+def _max_pool2d(kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False):
+    if return_indices:
+        raise layers.UnsupportedModuleError("max_pool2d(return_indices=True) on an int8 activation")
+    return nn.MaxPool2d(kernel_size, stride, padding, dilation, ceil_mode=ceil_mode)
+
+
+HANDLERS = {
+    "dropout": _dropout,
+    "relu": _relu, "relu_": _relu,
+    "adaptive_avg_pool2d": _module_call(nn.AdaptiveAvgPool2d),
+    "avg_pool2d": _module_call(nn.AvgPool2d),
+    "max_pool2d": _module_call(_max_pool2d),
+}

@@ -1,0 +1,190 @@
+"""The Interpreter: a converted model's own forward() followed with integer layers.
+
+`Interpreter(qmodel)` copies the model's module tree (the original is untouched), replacing
+every module that has an int8 kernel with the interpreter layer for it (layers.py); parameter-free
+float modules (nn.ReLU, nn.MaxPool2d, an empty nn.Sequential) are kept and run their own forward.
+While the copy runs, a guard watches every torch function called on an int8 activation: views
+run as they are, functions with arithmetic go to their integer form (functional.py), anything
+else raises UnsupportedModuleError naming the function and the module that called it. With
+requant="fixedpoint" the guard also checks that no layer makes a float tensor.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import OrderedDict
+
+import torch
+import torch.ao.nn.intrinsic.quantized as nniq
+import torch.ao.nn.quantized as nnq
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+from . import dispatch, layers
+from .cpu import KINDS, CpuProfile
+from .functional import GLUE, HANDLERS
+from .recorder import KERNEL_MODULES, Call, has_int8, op_key
+
+# The one table of converted module -> interpreter layer.
+LAYERS = {nnq.Quantize: layers.QuantizeI, nnq.DeQuantize: layers.DeQuantizeI, nnq.QFunctional: layers.QFunctionalI,
+          nn.ReLU: layers.ReLUI, nn.MaxPool2d: layers.MaxPoolI, nn.AvgPool2d: layers.AvgPoolI,
+          nn.AdaptiveAvgPool2d: layers.AdaptiveAvgPoolI}
+WEIGHTED = {nnq.Conv2d: (layers.ConvI, False), nniq.ConvReLU2d: (layers.ConvI, True),
+            nnq.Linear: (layers.LinearI, False), nniq.LinearReLU: (layers.LinearI, True)}
+
+
+def layer_for(module: nn.Module, path: str, ctx: layers.Context):
+    """The interpreter layer standing in for one module, None where the module is kept as it is."""
+    kind = type(module)
+    if kind in LAYERS:
+        return LAYERS[kind](path, module, ctx)
+    if kind in WEIGHTED:
+        layer, relu = WEIGHTED[kind]
+        return layer(path, module, ctx, relu)
+    if isinstance(module, KERNEL_MODULES):
+        supported = sorted({k.__name__ for k in (*LAYERS, *WEIGHTED)})
+        raise layers.UnsupportedModuleError(
+            f"{path or '<model>'} is a {kind.__module__}.{kind.__name__}, which the integer interpreter "
+            f"does not implement. Supported modules: {', '.join(supported)}; plus the torch functions "
+            f"{', '.join(sorted(HANDLERS))} on int8 activations.")
+    return None
+
+
+def engine_of(qmodel: nn.Module, engine: str | None = None) -> str:
+    """The engine whose arithmetic to follow: given, else set by qlib.ptq, else torch's active one."""
+    from .. import ptq
+
+    engine = engine or ptq.engine_of(qmodel) or torch.backends.quantized.engine
+    dispatch.check(engine, "exact")
+    return engine
+
+
+def profile_of(cpu: CpuProfile | str | None, int16_saturation: bool | None = None) -> CpuProfile:
+    """A CPU profile from a profile, a kind's name (int8.cpu.KINDS) or None (this machine)."""
+    if isinstance(cpu, str):
+        if cpu not in KINDS:
+            raise ValueError(f"cpu={cpu!r} is not a CPU kind the course knows; choose one of {sorted(KINDS)} "
+                             "or pass an int8.CpuProfile.")
+        cpu = KINDS[cpu]
+    elif cpu is None:
+        cpu = CpuProfile.detect()
+    elif not isinstance(cpu, CpuProfile):
+        raise TypeError(f"cpu must be a CpuProfile, a kind's name or None, not {type(cpu).__name__}.")
+    return cpu if int16_saturation is None else cpu.replace(int16_saturation=int16_saturation)
+
+
+class _Guard(TorchFunctionMode):
+    """Routes torch functions on int8 activations: glue runs, arithmetic goes to its integer form."""
+
+    def __init__(self, interpreter: "Interpreter"):
+        super().__init__()
+        self.interpreter = interpreter
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = getattr(func, "__name__", repr(func))
+        layer = layers.current_layer()
+        if layer is None and name not in GLUE and has_int8(args, kwargs):
+            stack = self.interpreter.stack
+            handler = HANDLERS.get(name)
+            if handler is None:
+                path, kind = stack[-1][0] if stack else "", stack[-1][2] if stack else "?"
+                raise layers.UnsupportedModuleError(
+                    f"{path or '<model>'} ({kind}).forward calls {name}() on an int8 activation, which the "
+                    f"integer interpreter has no kernel for. Supported functions: {', '.join(sorted(HANDLERS))}; "
+                    "or move the op after DeQuantStub.")
+            with self:
+                return handler(self.interpreter.ctx, op_key([s[:2] for s in stack], name), *args, **kwargs)
+        result = func(*args, **kwargs)
+        if (self.interpreter.ctx.requant == "fixedpoint" and layer is not None
+                and not isinstance(layer, (layers.QuantizeI, layers.DeQuantizeI)) and not layers.is_offline()
+                and isinstance(result, torch.Tensor) and result.is_floating_point()):
+            raise AssertionError(f"{layer.path}: {name}() made a float tensor in fixed-point mode.")
+        return result
+
+
+def _copy_tree(module: nn.Module, path: str, leaf, stack: list) -> nn.Module:
+    """A shallow copy of `module` whose leaves are replaced by leaf(module, path) (the original
+    model is untouched); `stack` tracks (path, is_leaf, type) of the module whose forward runs."""
+    replacement = leaf(module, path)
+    if replacement is not None:
+        return replacement
+    clone = copy.copy(module)
+    for key, value in list(vars(clone).items()):
+        if "hook" in key and isinstance(value, dict):
+            setattr(clone, key, OrderedDict())
+    clone._modules = OrderedDict((name, _copy_tree(child, f"{path}.{name}" if path else name, leaf, stack))
+                                 for name, child in module._modules.items())
+    entry = (path, not module._modules, type(module).__name__)
+    clone.register_forward_pre_hook(lambda m, args: stack.append(entry))
+    clone.register_forward_hook(lambda m, args, out: stack.pop() and None)
+    return clone
+
+
+class Interpreter:
+    """A converted model re-executed with integers; call it like the model (float in, float out).
+
+    `engine`: whose arithmetic (default: the one the model was converted under); `cpu`: which CPU
+    kind's (a CpuProfile or a name in int8.cpu.KINDS; default: this machine); `requant`: "exact"
+    (PyTorch's float32 requantization) or "fixedpoint" (Jacob et al.'s integer-only one).
+    Build it once and call it many times. After a call, `saturation` maps each layer whose int16
+    pairs were clipped (CPUs without VNNI) to how many (pair, output channel) sums were.
+    """
+
+    def __init__(self, qmodel: nn.Module, requant: str = "exact", engine: str | None = None,
+                 int16_saturation: bool | None = None, cpu: CpuProfile | str | None = None):
+        dispatch.check(engine or "x86", requant)
+        if qmodel.training:
+            raise ValueError("The model is in training mode; call .eval() first (Dropout must be off).")
+        self.ctx = layers.Context(engine_of(qmodel, engine), profile_of(cpu, int16_saturation), requant)
+        self.stack: list = []
+        self.model = _copy_tree(qmodel, "", lambda m, p: layer_for(m, p, self.ctx), self.stack)
+
+    @property
+    def engine(self) -> str:
+        return self.ctx.engine
+
+    @property
+    def cpu(self) -> CpuProfile:
+        return self.ctx.cpu
+
+    @property
+    def saturation(self) -> dict:
+        return dict(self.ctx.saturation)
+
+    def __call__(self, x: torch.Tensor, record: dict | None = None) -> torch.Tensor:
+        self.ctx.record = record
+        self.ctx.saturation.clear()
+        self.stack.clear()
+        try:
+            with torch.inference_mode(), _Guard(self):
+                return self.model(x)
+        finally:
+            self.ctx.record = None
+
+    def run_op(self, call: Call):
+        """One op of PyTorch's recording (recorder.Call) re-executed on PyTorch's own inputs, for a
+        teacher-forced comparison: the module at call.path, its QFunctional method, or the torch
+        function that module called."""
+        module = self.model.get_submodule(call.path) if call.path else self.model
+        self.stack.clear()
+        self.ctx.record = None
+        with torch.inference_mode(), _Guard(self):
+            if call.type == "function":
+                leaf = call.key.split("#")[0] == call.path
+                self.stack.append((call.path, leaf, type(module).__name__))
+                return HANDLERS[call.method](self.ctx, op_key([self.stack[-1][:2]], call.method),
+                                             *call.args, **call.kwargs)
+            if call.method == "forward":
+                return module(*call.args, **call.kwargs)
+            return getattr(module, call.method)(*call.args, **call.kwargs)
+
+
+def run(qmodel: nn.Module, x: torch.Tensor, requant: str = "exact", engine: str | None = None,
+        int16_saturation: bool | None = None, cpu: CpuProfile | str | None = None) -> torch.Tensor:
+    """qmodel(x) recomputed with integer arithmetic: equal bit for bit with requant="exact".
+
+    Run it on the same batch you compare with: the quantized add's scalar tail depends on the
+    tensor's size, as it does in PyTorch.
+    """
+    return Interpreter(qmodel, requant, engine, int16_saturation, cpu)(x)

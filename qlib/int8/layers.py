@@ -1,0 +1,330 @@
+"""The interpreter's layers: one module per quantized module, computing with integer tensors.
+
+Each layer reads what the converted module stores (int8 weights, scales, zero points, float
+bias), asks dispatch.py once which arithmetic to follow, and in forward() takes the integers out
+of its input, computes, and wraps the result back into a quantized tensor. That tensor is only a
+container (uint8 values + scale + zero point, in the memory order PyTorch's kernel would give
+it), so that views in the model's forward() (flatten, a channel shuffle) work as they do in
+PyTorch. The integer path of a conv reads in one sitting: ConvI.forward -> integer.conv_accumulate
+-> the requantization dispatch chose.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from . import dispatch, elementwise, fixedpoint, integer
+from .cpu import CpuProfile
+
+_LOCAL = threading.local()
+
+
+class UnsupportedModuleError(TypeError):
+    """A model contains a module or calls a function the interpreter has no integer form of."""
+
+
+@contextlib.contextmanager
+def inside(module=None):
+    """Inside interpreter layers the interpreter's guard steps aside (they only read the integers)."""
+    previous = getattr(_LOCAL, "module", None)
+    _LOCAL.module = module
+    try:
+        yield
+    finally:
+        _LOCAL.module = previous
+
+
+def current_layer():
+    return getattr(_LOCAL, "module", None)
+
+
+@contextlib.contextmanager
+def offline():
+    """Constants computed once per layer (multipliers, int32 biases): float allowed here."""
+    previous = getattr(_LOCAL, "offline", False)
+    _LOCAL.offline = True
+    try:
+        yield
+    finally:
+        _LOCAL.offline = previous
+
+
+def is_offline() -> bool:
+    return getattr(_LOCAL, "offline", False)
+
+
+# --- integers in and out of PyTorch's quantized tensors -------------------------------------------------
+
+
+def uint8_of(t: torch.Tensor) -> torch.Tensor:
+    """The uint8 values inside a quantized tensor (the wrapped ones kept: saves an int_repr copy)."""
+    u = getattr(t, "_int8_values", None)
+    return t.int_repr() if u is None else u
+
+
+def values(t: torch.Tensor) -> torch.Tensor:
+    """The integers inside a quantized tensor, as int32 for arithmetic."""
+    return uint8_of(t).to(torch.int32)
+
+
+def is_channels_last(t: torch.Tensor) -> bool:
+    """Is t stored in N, H, W, C order (as PyTorch's conv outputs are)?"""
+    return t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
+
+
+def wrap(q: torch.Tensor, scale: float, zero_point: int, channels_last: bool = False) -> torch.Tensor:
+    """Integers back into a quantized tensor, stored in the memory order PyTorch's kernel gives."""
+    u = q.to(torch.uint8)
+    if channels_last and u.dim() == 4:
+        u = u.contiguous(memory_format=torch.channels_last)
+    t = torch._make_per_tensor_quantized_tensor(u, scale, zero_point)
+    t._int8_values = u
+    return t
+
+
+@dataclass
+class Context:
+    """What every layer needs to know: whose arithmetic (engine, CPU, mode) and what to record."""
+
+    engine: str
+    cpu: CpuProfile
+    requant: str = "exact"
+    record: dict | None = None
+    saturation: dict = field(default_factory=dict)
+
+    def store(self, path: str, q: torch.Tensor) -> None:
+        if self.record is not None:
+            key, k = path, 1
+            while key in self.record:
+                k += 1
+                key = f"{path}#{k}"
+            self.record[key] = q.detach().clone()
+
+
+class Interpreted(nn.Module):
+    """Base of the interpreter's layers: knows its path in the model and the context."""
+
+    def __init__(self, path: str, original: nn.Module, ctx: Context):
+        super().__init__()
+        self.path, self.kind, self.ctx = path, type(original).__name__, ctx
+
+    def extra_repr(self) -> str:
+        return f"{self.path}: {self.kind}"
+
+    def __call__(self, *args, **kwargs):
+        with inside(self):
+            return super().__call__(*args, **kwargs)
+
+    def emit(self, q, scale, zero_point, channels_last=False):
+        t = wrap(q, scale, zero_point, channels_last)
+        self.ctx.store(self.path, t._int8_values)
+        return t
+
+
+class QuantizeI(Interpreted):
+    """QuantStub after convert(): float in, uint8 out (qlib.qmath's formula)."""
+
+    def __init__(self, path, m, ctx):
+        super().__init__(path, m, ctx)
+        self.scale, self.zero_point = float(m.scale), int(m.zero_point)
+        if m.dtype != torch.quint8:
+            raise UnsupportedModuleError(f"{path} ({type(m).__name__}) quantizes to {m.dtype}; "
+                                         "the interpreter handles quint8 activations only.")
+
+    def forward(self, x):
+        channels_last = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+        return self.emit(elementwise.quantize(x, self.scale, self.zero_point), self.scale, self.zero_point,
+                         channels_last)
+
+
+class DeQuantizeI(Interpreted):
+    def forward(self, x):
+        return elementwise.dequantize(values(x), x.q_scale(), x.q_zero_point())
+
+
+class WeightedI(Interpreted):
+    """Conv and Linear: int8 weights, per-tensor or per-channel scales, float bias."""
+
+    op = ""
+
+    def __init__(self, path, m, ctx, relu):
+        super().__init__(path, m, ctx)
+        w = m.weight()
+        self.wq = w.int_repr()
+        out_channels = self.wq.shape[0]
+        if w.qscheme() in (torch.per_channel_affine, torch.per_channel_symmetric):
+            self.w_scale = w.q_per_channel_scales().to(torch.float64)
+            self.w_zp = w.q_per_channel_zero_points().to(torch.int64)
+            self.per_channel = True
+        else:
+            self.w_scale = torch.full((out_channels,), w.q_scale(), dtype=torch.float64)
+            self.w_zp = torch.full((out_channels,), w.q_zero_point(), dtype=torch.int64)
+            self.per_channel = False
+        bias = m.bias()
+        self.bias = None if bias is None else bias.detach().to(torch.float32).clone()
+        self.scale, self.zero_point, self.relu = float(m.scale), int(m.zero_point), relu
+        self.groups = getattr(m, "groups", 1)
+        self.arithmetic = dispatch.weighted(self.op, ctx.engine, ctx.cpu, ctx.requant, self.groups,
+                                            bool((self.w_zp == 0).all()))
+        self.constants = {}  # fixed-point bias and multipliers, per input scale
+
+    def count(self, stats):
+        if stats.get("saturated"):
+            self.ctx.saturation[self.path] = self.ctx.saturation.get(self.path, 0) + stats["saturated"]
+
+    def requantize(self, acc, x):
+        in_s = x.q_scale()
+        if self.arithmetic.requantize is None:                      # fixed point
+            if in_s not in self.constants:
+                with offline():
+                    self.constants[in_s] = fixedpoint.fixedpoint_constants(in_s, self.w_scale, self.bias, self.scale)
+            return fixedpoint.requantize_fixedpoint(acc, self.constants[in_s], self.zero_point, self.relu)
+        return self.arithmetic.requantize(acc, in_s, self.w_scale, self.bias, self.scale, self.zero_point,
+                                          self.relu, self.per_channel)
+
+
+class ConvI(WeightedI):
+    op = "conv"
+
+    def __init__(self, path, m, ctx, relu):
+        super().__init__(path, m, ctx, relu)
+        if m.padding_mode != "zeros":
+            raise UnsupportedModuleError(f"{path} ({type(m).__name__}) uses padding_mode="
+                                         f"{m.padding_mode!r}; only 'zeros' is supported.")
+        self.stride, self.padding, self.dilation = m.stride, m.padding, m.dilation
+
+    def forward(self, x):
+        oc, cg, kh, kw = self.wq.shape
+        pairs = self.arithmetic.pairs(cg, kh * kw, self.groups) if self.arithmetic.pairs else None
+        stats = {}
+        acc = integer.conv_accumulate(uint8_of(x), x.q_zero_point(), self.wq, self.w_zp, self.stride,
+                                      self.padding, self.dilation, self.groups, pairs, stats)
+        self.count(stats)
+        return self.emit(self.requantize(acc, x), self.scale, self.zero_point, channels_last=True)
+
+
+class LinearI(WeightedI):
+    op = "linear"
+
+    def forward(self, x):
+        pairs = self.arithmetic.pairs(self.wq.shape[1]) if self.arithmetic.pairs else None
+        stats = {}
+        acc = integer.linear_accumulate(uint8_of(x), x.q_zero_point(), self.wq, self.w_zp, pairs, stats)
+        self.count(stats)
+        return self.emit(self.requantize(acc, x), self.scale, self.zero_point)
+
+
+class ReLUI(Interpreted):
+    """ReLU on int8: max(q, zero point); scale and zero point unchanged."""
+
+    def forward(self, x):
+        zp = x.q_zero_point()
+        return self.emit(values(x).clamp_min(zp), x.q_scale(), zp, is_channels_last(x))
+
+
+class PoolI(Interpreted):
+    """A pooling layer: keeps the original module for its window settings."""
+
+    def __init__(self, path, m, ctx):
+        super().__init__(path, m, ctx)
+        self.pool = m
+
+
+class MaxPoolI(PoolI):
+    """Max pooling: the largest integer of each window; scale and zero point unchanged."""
+
+    def forward(self, x):
+        p = self.pool
+        windows = integer.pool_windows(values(x), p.kernel_size, p.stride, p.padding, p.dilation, p.ceil_mode,
+                                       -1, -1)
+        return self.emit(windows.amax((-1, -2)), x.q_scale(), x.q_zero_point(), is_channels_last(x))
+
+
+class AvgPoolI(PoolI):
+    """Average pooling: integer window sums of (q - zp), one multiplier per window size."""
+
+    def __init__(self, path, m, ctx):
+        super().__init__(path, m, ctx)
+        self.divide = dispatch.average(ctx.engine, ctx.cpu, ctx.requant)
+
+    def forward(self, x):
+        p = self.pool
+        h, w = x.shape[-2:]
+
+        def sums(t, pad_value):
+            return integer.pool_windows(t, p.kernel_size, p.stride, p.padding, 1, p.ceil_mode,
+                                        pad_value).sum((-1, -2))
+
+        zp = x.q_zero_point()
+        acc = sums(values(x) - zp, 0)
+        divisor = sums(torch.ones(h, w, dtype=torch.int32), 1 if p.count_include_pad else 0)
+        if p.divisor_override:
+            divisor = torch.full_like(divisor, p.divisor_override)
+        q = self.divide(acc, x.q_scale(), divisor.expand_as(acc), zp, is_channels_last(x))
+        return self.emit(q, x.q_scale(), zp, is_channels_last(x))
+
+
+class AdaptiveAvgPoolI(PoolI):
+    """Adaptive average pooling: windows of varying size, each divided by its own size."""
+
+    def __init__(self, path, m, ctx):
+        super().__init__(path, m, ctx)
+        self.divide = dispatch.adaptive_average(ctx.engine, ctx.cpu, ctx.requant)
+
+    def forward(self, x):
+        h, w = x.shape[-2:]
+        size = self.pool.output_size
+        oh, ow = (v if v is not None else d for v, d in zip(integer.pair(size), (h, w)))
+        q, s_in, zp = values(x) - x.q_zero_point(), x.q_scale(), x.q_zero_point()
+        rows = []
+        for h0, h1 in integer.adaptive_windows(h, oh):
+            cols = [self.divide(q[:, :, h0:h1, w0:w1].sum((-1, -2)), s_in, (h1 - h0) * (w1 - w0), zp)
+                    for w0, w1 in integer.adaptive_windows(w, ow)]
+            rows.append(torch.stack(cols, -1))
+        return self.emit(torch.stack(rows, -2).clamp(0, 255), s_in, zp, is_channels_last(x))
+
+
+class QFunctionalI(Interpreted):
+    """FloatFunctional after convert(): add, add_relu, mul and cat on int8 tensors."""
+
+    def __init__(self, path, m, ctx):
+        super().__init__(path, m, ctx)
+        self.scale, self.zero_point = float(m.scale), int(m.zero_point)
+        self.add_, self.mul_ = (dispatch.binary(op, ctx.engine, ctx.cpu, ctx.requant) for op in ("add", "mul"))
+        self.move = dispatch.move_qparams(ctx.engine, ctx.cpu, ctx.requant)
+
+    def forward(self, *args):
+        raise UnsupportedModuleError(f"{self.path} ({self.kind}) is not callable; use its methods.")
+
+    def _binary(self, fn, a, b, relu):
+        with inside(self):
+            q = fn(values(a), a.q_scale(), a.q_zero_point(), values(b), b.q_scale(), b.q_zero_point(),
+                   self.scale, self.zero_point, relu, channels_last=is_channels_last(a))
+            return self.emit(q, self.scale, self.zero_point, is_channels_last(a))
+
+    def add(self, a, b):
+        return self._binary(self.add_, a, b, False)
+
+    def add_relu(self, a, b):
+        return self._binary(self.add_, a, b, True)
+
+    def mul(self, a, b):
+        return self._binary(self.mul_, a, b, False)
+
+    def cat(self, xs, dim=0):
+        with inside(self):
+            xs = list(xs)
+            nhwc = dim in (1, -3) and all(is_channels_last(t) for t in xs)
+            parts = [self.move(values(t), t.q_scale(), t.q_zero_point(), self.scale, self.zero_point, nhwc)
+                     for t in xs]
+            return self.emit(torch.cat(parts, dim), self.scale, self.zero_point, nhwc)
+
+    def add_scalar(self, *args):
+        raise UnsupportedModuleError(f"{self.path} ({self.kind}).add_scalar is not supported.")
+
+    mul_scalar = matmul = add_scalar
