@@ -1,8 +1,7 @@
 """What this machine offers the course: versions, quantized engines, CPU features, data, checkpoints.
 
-Which int8 kernel runs depends on the CPU: AVX2 without VNNI adds pairs of u8 x s8 products in
-saturating int16 (the reason for reduce_range), AVX512-VNNI / AVX-VNNI / AMX do not saturate and
-let the x86 engine pick oneDNN for convolutions. Notebook 00 prints all of this.
+Which int8 kernel runs depends on the CPU, as each library sees it: qlib.int8.cpu turns these
+flags into a CPU profile (which kernels, int16 saturation or not). Notebook 00 prints all of this.
 """
 
 from __future__ import annotations
@@ -13,19 +12,34 @@ from pathlib import Path
 
 import torch
 
-CPU_FEATURES = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8")
+CPU_FEATURES = ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx_vnni", "amx_int8",
+                "asimd", "asimddp", "i8mm")
 
 
 def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> set[str]:
-    """The CPU's feature flags as Linux reports them (empty where /proc/cpuinfo does not exist)."""
+    """The CPU's feature flags as Linux names them: /proc/cpuinfo's "flags" (x86) or "Features"
+    (ARM) line; on macOS, sysctl's feature lists in Linux's spelling; else empty."""
     try:
         text = cpuinfo.read_text()
     except OSError:
-        return set()
+        return _macos_flags() if platform.system() == "Darwin" and cpuinfo == Path("/proc/cpuinfo") else set()
     for line in text.splitlines():
-        if line.startswith("flags"):
+        if line.startswith(("flags", "Features")):
             return set(line.split(":", 1)[1].split())
     return set()
+
+
+def _macos_flags() -> set[str]:
+    import subprocess
+
+    try:
+        out = subprocess.run(["sysctl", "-n", "machdep.cpu.features", "machdep.cpu.leaf7_features"],
+                             capture_output=True, text=True, timeout=5).stdout
+    except (OSError, subprocess.SubprocessError):
+        return set()
+    names = {"AVX2": "avx2", "FMA": "fma", "AVX512F": "avx512f", "AVX512BW": "avx512bw", "AVX512VL": "avx512vl",
+             "AVX512DQ": "avx512dq", "AVX512VNNI": "avx512_vnni"}
+    return {names[w] for w in out.split() if w in names}
 
 
 def cpu_name(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
@@ -36,12 +50,6 @@ def cpu_name(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
-
-
-def has_vnni(flags: set[str] | None = None) -> bool:
-    """True when u8 x s8 dot products accumulate in int32 without int16 saturation."""
-    flags = cpu_flags() if flags is None else flags
-    return bool(flags & {"avx512_vnni", "avx_vnni", "amx_int8"})
 
 
 def versions() -> dict[str, str]:
@@ -57,6 +65,8 @@ def versions() -> dict[str, str]:
 
 def report() -> dict[str, object]:
     """Everything notebook 00 shows, as one dictionary."""
+    from .int8.cpu import CpuProfile
+
     flags = cpu_flags()
     return {
         **versions(),
@@ -64,6 +74,6 @@ def report() -> dict[str, object]:
         "default engine": torch.backends.quantized.engine,
         "cpu": cpu_name(),
         "cpu features": [f for f in CPU_FEATURES if f in flags],
-        "vnni (no int16 saturation)": has_vnni(flags),
+        "int8 CPU kind": CpuProfile.detect().kind,
         "torch threads": torch.get_num_threads(),
     }

@@ -32,11 +32,13 @@ def test_predict_batches_give_the_same_answer_as_one_batch():
     assert torch.equal(predict(model, x, batch_size=4), model(x).argmax(1))
 
 
-def test_cpu_flags_and_vnni(tmp_path):
+def test_cpu_flags(tmp_path):
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text("model name\t: Test CPU\nflags\t\t: fpu avx2 fma avx512_vnni\n")
     flags = sysinfo.cpu_flags(cpuinfo)
-    assert {"avx2", "avx512_vnni"} <= flags and sysinfo.has_vnni(flags)
-    assert not sysinfo.has_vnni({"avx2", "fma"})
+    assert {"avx2", "avx512_vnni"} <= flags
+    arm = tmp_path / "arm"
+    arm.write_text("Features\t: fp asimd asimddp i8mm\n")
+    assert {"asimd", "i8mm"} <= sysinfo.cpu_flags(arm)
     assert sysinfo.cpu_name(cpuinfo) == "Test CPU"
     assert sysinfo.cpu_flags(tmp_path / "missing") == set()

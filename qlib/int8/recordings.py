@@ -23,6 +23,7 @@ import io
 import json
 import lzma
 import platform
+import warnings
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -51,6 +52,45 @@ def uint8_input(seed: int, shape) -> torch.Tensor:
     """The recorded inputs' integers: torch.randint on a CPU generator, the same on every CPU."""
     g = torch.Generator().manual_seed(seed)
     return torch.randint(0, 256, tuple(shape), generator=g, dtype=torch.uint8)
+
+
+LAYERS = {  # name: (kind, geometry, input shape, relu): the shared recorder's seven single layers
+    "conv3x3-64-relu": ("conv", {"in": 64, "out": 64, "k": 3, "stride": 1, "pad": 1, "groups": 1}, (64, 64, 16, 16), True),
+    "conv3x3-64": ("conv", {"in": 64, "out": 64, "k": 3, "stride": 1, "pad": 1, "groups": 1}, (64, 64, 16, 16), False),
+    "conv3x3-3-s2": ("conv", {"in": 3, "out": 32, "k": 3, "stride": 2, "pad": 1, "groups": 1}, (64, 3, 32, 32), True),
+    "conv1x1-128": ("conv", {"in": 128, "out": 128, "k": 1, "stride": 1, "pad": 0, "groups": 1}, (64, 128, 8, 8), False),
+    "dwconv3x3-64": ("conv", {"in": 64, "out": 64, "k": 3, "stride": 1, "pad": 1, "groups": 64}, (64, 64, 16, 16), True),
+    "linear-512-256": ("linear", {"in": 512, "out": 256}, (2048, 512), False),
+    "linear-512-256-relu": ("linear", {"in": 512, "out": 256}, (2048, 512), True),
+}
+
+
+def layer_case(index: int, reduce_range: bool, per_channel: bool) -> dict:
+    """The input, weights and qparams of single layer number `index` (LAYERS' order), generated
+    from seeds exactly as the shared recorder does (so a compact recording need not store them)."""
+    kind, geo, shape, relu = list(LAYERS.values())[index]
+    g = torch.Generator().manual_seed(1000 + index)
+    seed = 2000 + index
+    xi = uint8_input(seed, shape)
+    if reduce_range:
+        xi = xi // 2                                  # 0..127, as reduce_range activations
+    in_scale, in_zp = 0.0371, (30 if reduce_range else 61)
+    wshape = (geo["out"], geo["in"] // geo["groups"], geo["k"], geo["k"]) if kind == "conv" else (geo["out"], geo["in"])
+    wi = torch.randint(-127, 128, wshape, generator=g, dtype=torch.int8)
+    if per_channel:
+        ws = torch.rand(wshape[0], generator=g, dtype=torch.float64) * 0.004 + 0.001
+        w = torch._make_per_channel_quantized_tensor(wi, ws, torch.zeros(wshape[0], dtype=torch.int64), 0)
+    else:
+        w = torch._make_per_tensor_quantized_tensor(wi, 0.0023, 0)
+    bias = (torch.rand(wshape[0], generator=g) - 0.5) * 2.0
+    fan_in = wshape[1] * (geo["k"] ** 2 if kind == "conv" else 1)
+    x = torch._make_per_tensor_quantized_tensor(xi, in_scale, in_zp)
+    if kind == "conv":
+        x = x.contiguous(memory_format=torch.channels_last)
+    return {"x": x, "weight": w, "bias": bias, "out_scale": float(0.0371 * 0.003 * 74 * fan_in ** 0.5 / 40),
+            "out_zero_point": 0 if relu else 128,
+            "input": {"seed": seed, "shape": list(shape), "halved": reduce_range, "scale": in_scale,
+                      "zero_point": in_zp, "sha256": sha256(xi), "channels_last": kind == "conv"}}
 
 
 def qdict(t):
@@ -137,7 +177,9 @@ def load(path: Path) -> dict:
     try:
         if path.suffix == ".xz":
             data = lzma.decompress(data)
-        return torch.load(io.BytesIO(data), weights_only=True)
+        with warnings.catch_warnings():   # loading quantized tensors warns about TypedStorage
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.load(io.BytesIO(data), weights_only=True)
     except Exception as error:  # torch.load's and lzma's errors say little about which file
         raise RecordingError(f"{path} is not a readable recording ({type(error).__name__}: {error}).") from error
 

@@ -24,7 +24,7 @@ from .. import ptq
 from ..quiet import quiet_deprecations
 from . import layers
 from .interpreter import Interpreter, layer_for
-from .recordings import (SAMPLE_STRIDE, Outcome, RecordingError, calls_of, from_qdict, load, profile_of,
+from .recordings import (LAYERS, SAMPLE_STRIDE, layer_case, Outcome, RecordingError, calls_of, from_qdict, load, profile_of,
                          recording_files, sha256, uint8_input)
 
 
@@ -99,6 +99,18 @@ def _input(spec: dict) -> torch.Tensor:
     return torch._make_per_tensor_quantized_tensor(xi, spec["scale"], spec["zero_point"])
 
 
+def _weight(spec: dict, layer_name: str) -> torch.Tensor:
+    """The layer's weights, stored, or (compact form) regenerated from the recorder's seeds."""
+    if "int" in spec["weight"]:
+        return from_qdict(spec["weight"])
+    case = layer_case(list(LAYERS).index(layer_name), spec["input"].get("halved", False),
+                      spec["weight"]["per_channel"])
+    if sha256(case["weight"].int_repr()) != spec["weight"]["sha256"] or not torch.equal(case["bias"], spec["bias"]):
+        raise RecordingError(f"{layer_name}: regenerating the weights from their seed gave other values than "
+                             "recorded, so this recording cannot be replayed here.")
+    return case["weight"]
+
+
 def replay_layers(rec: dict, name: str) -> Outcome:
     cpu, engine, outcome = profile_of(rec["cpu"]), rec["engine"], Outcome(name)
     ctx = layers.Context(engine, cpu)
@@ -111,7 +123,7 @@ def replay_layers(rec: dict, name: str) -> Outcome:
                              groups=geo["groups"])
             else:
                 module = (nniq.LinearReLU if relu else nnq.Linear)(geo["in"], geo["out"])
-            module.set_weight_bias(from_qdict(spec["weight"]), spec["bias"])
+            module.set_weight_bias(_weight(spec, layer_name), spec["bias"])
         module.scale, module.zero_point = spec["out_scale"], spec["out_zero_point"]
         with torch.inference_mode():
             y = layer_for(module, layer_name, ctx)(_input(spec["input"]))
