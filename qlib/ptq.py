@@ -239,13 +239,14 @@ def calibrate(prepared: nn.Module, calibration_data, num_batches: int | None = N
 
 
 def prepare_static(model: nn.Module, engine: str = "x86", qconfig: QConfig | None = None,
-                   fuse: bool = True) -> nn.Module:
+                   fuse: bool = True, check: bool = True) -> nn.Module:
     """A prepared copy of `model`: eval mode, fused, qconfig set, observers inserted.
 
     `qconfig` defaults to the engine's own (get_default_qconfig(engine)); pass another one to
     study observer choices (e.g. MinMax vs Histogram, per-tensor vs per-channel weights).
     """
-    check_quantizable(model)
+    if check:
+        check_quantizable(model)
     check_engine(engine)
     float_copy = copy.deepcopy(model).eval()
     if fuse and hasattr(float_copy, "fuse_model"):
@@ -284,7 +285,7 @@ def quantized_skeleton(model: nn.Module, engine: str = "x86", qconfig: QConfig |
     (the observers' "run observer before calculate_qparams" warnings are expected and silenced
     here, since load_state_dict overwrites every value they would give).
     """
-    prepared = prepare_static(model, engine, qconfig)
+    prepared = prepare_static(model, engine, qconfig, check=False)  # the structure of a model already converted once
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r"must run observer before calling calculate_qparams")
         return convert_static(prepared, engine)

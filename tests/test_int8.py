@@ -7,7 +7,16 @@ from torch import nn
 from torch.ao.nn.quantized import FloatFunctional
 from torch.ao.quantization import DeQuantStub, QuantStub, default_qconfig, get_default_qconfig
 
-from qlib import data, int8, models, pretrained, ptq, sysinfo
+from qlib import data, int8, models, pretrained, ptq
+from qlib.int8 import recordings
+
+LIVE = int8.CpuProfile.detect()
+# On a CPU kind the course holds no recording of, the live checks still run and report their
+# mismatch counts, as expected failures: nothing says the interpreter knows that CPU's kernels.
+live_exact = pytest.mark.xfail(
+    LIVE.kind not in recordings.recorded_kinds(), strict=False,
+    reason=f"CPU kind {LIVE.kind!r} has no recording in tests/data/kernel-recordings: the interpreter "
+           "follows kernels it was never checked against here (record it: python -m qlib.int8.record DIR)")
 
 # (engine converted under, qconfig of which engine); onednn+x86 = oneDNN kernels, 7-bit activations.
 CASES = {"x86": ("x86", "x86"), "fbgemm": ("fbgemm", "fbgemm"), "qnnpack": ("qnnpack", "qnnpack"),
@@ -32,24 +41,30 @@ def convert(model, calibration, case, qconfig=None):
 
 
 def assert_bit_exact(qmodel, x, batch_size):
+    """torch.equal batch by batch; on failure, the count and the first op that differs (teacher forced)."""
     interpreter = int8.Interpreter(qmodel)
-    saturated = 0
+    saturated, wrong = 0, 0
     with torch.inference_mode():
         for start in range(0, len(x), batch_size):
             batch = x[start:start + batch_size]
             ours, theirs = interpreter(batch), qmodel(batch)
-            assert torch.equal(ours, theirs), (
-                f"images {start}..{start + len(batch)}: {(ours != theirs).sum()} of {ours.numel()} differ")
+            wrong += int((ours != theirs).sum())
             saturated += sum(interpreter.saturation.values())
+    if wrong:
+        table = int8.compare_layers(qmodel, x[:batch_size], teacher_forced=True)
+        bad = table[table.mismatches > 0]
+        print(f"{wrong} of {len(x) * ours.shape[1]} outputs differ on CPU kind {LIVE.kind}; ops:\n{bad}")
+    assert wrong == 0, f"{wrong} outputs differ (CPU kind {LIVE.kind})"
     return saturated
 
 
+@live_exact
 @pytest.mark.parametrize("case", CASES)
 def test_seednet_bit_exact(case, calibration, images):
     qmodel = convert(pretrained.load("seednet-fmnist"), calibration, case)
     saturated = assert_bit_exact(qmodel, images, 1000)
-    if case == "onednn-default":  # 8-bit activations do saturate int16 pairs on AVX2
-        assert saturated > 0 or sysinfo.has_vnni()
+    if case == "onednn-default":  # 8-bit activations saturate int16 pairs where oneDNN has no VNNI
+        assert (saturated > 0) == LIVE.onednn_int16_pairs
 
 
 def _resnet():
@@ -59,6 +74,7 @@ def _resnet():
     return models.resnet18(num_classes=10, in_channels=1, width=16, small_input=True, quantizable=True).eval()
 
 
+@live_exact
 @pytest.mark.parametrize("case", CASES)
 def test_resnet_bit_exact(case, images):
     qmodel = convert(_resnet(), data.calibration_subset(64), case)   # small: histogram observers are slow

@@ -4,9 +4,9 @@ PyTorch's quantized kernels come from three libraries, and each picks its own co
 CPU it runs on:
 
 - **ATen** (quantize, the quantized add, cat, pooling, activations) is compiled once per
-  *capability* (DEFAULT, AVX2, AVX512) and dispatches on `torch.backends.cpu.get_cpu_capability()`.
-  The vector width decides which values a loop leaves to its scalar tail, and the tail rounds
-  differently (no fused multiply-add).
+  *capability* (DEFAULT, AVX2, AVX512) and dispatches on `torch.backends.cpu.get_cpu_capability()`;
+  its quantized kernels exist only in the AVX2 build (AVX512 CPUs run it too). A vector loop
+  leaves its last values to a scalar tail that rounds differently (no fused multiply-add).
 - **FBGEMM** (engine fbgemm; engine x86 for linear layers and some convs) picks an instruction set:
   AVX2 and AVX-512 add pairs of u8 x s8 products into a saturating int16 (`vpmaddubsw`); with
   AVX-512 VNNI (`vpdpbusd`) there is no such step.
@@ -97,9 +97,11 @@ class CpuProfile:
         return "one_by_one" if self.onednn in ("avx2_vnni", "avx512_core_vnni") else "combined"
 
     @property
-    def vector_bytes(self) -> int:
-        """Bytes in one ATen vector register: 64 with AVX512, 32 with AVX2 and the DEFAULT build."""
-        return 64 if self.aten == "AVX512" else 32
+    def quantized_vectors(self) -> bool:
+        """Do ATen's quantized kernels run vectorized (DQ_V with a fused multiply-add)? They are
+        compiled for AVX2 only (QuantizedOpKernels.cpp registers no AVX-512 version), so AVX2 and
+        AVX512 CPUs run the same AVX2 code; the DEFAULT build dequantizes value by value."""
+        return self.aten in ("AVX2", "AVX512")
 
     def aten_threads(self) -> int:
         return self.threads if self.threads is not None else torch.get_num_threads()
@@ -121,7 +123,7 @@ class CpuProfile:
             "FBGEMM int16 pair saturation": self.fbgemm_int16_pairs,
             "oneDNN int16 pair saturation": self.onednn_int16_pairs,
             "oneDNN scales applied": self.onednn_scales.replace("_", " "),
-            "ATen vector width (bytes)": self.vector_bytes,
+            "ATen quantized kernels": "AVX2 build, vectorized" if self.quantized_vectors else "scalar",
             "threads": self.threads if self.threads is not None else f"torch's ({torch.get_num_threads()})",
         }
 

@@ -65,52 +65,119 @@ def weighted(op: str, engine: str, cpu: CpuProfile, requant: str = "exact", grou
     return WeightedArithmetic("qnnpack", None, requantize.requantize_qnnpack)
 
 
-def binary(op: str, engine: str, cpu: CpuProfile, requant: str = "exact") -> Callable:
-    """add / mul (relu or not): f(a, sa, za, b, sb, zb, s, z, relu, channels_last) -> ints."""
-    if requant == "fixedpoint":
-        fn = fixedpoint.add_fixedpoint if op == "add" else fixedpoint.mul_fixedpoint
-        return lambda *args, channels_last=False: fn(*args)
-    if op == "mul":
-        return lambda *args, channels_last=False: elementwise.mul_float(*args)
-    if engine == "qnnpack":
-        return lambda *args, channels_last=False: elementwise.add_qnnpack(*args)
+def _is_nhwc(t: torch.Tensor) -> bool:
+    return t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
 
-    def add(a, sa, za, b, sb, zb, s, z, relu, channels_last=False):
-        tail = quirks.tail_positions(a.shape, channels_last, cpu)
-        return elementwise.add_float(a, sa, za, b, sb, zb, s, z, relu, tail)
+
+def binary(op: str, engine: str, cpu: CpuProfile, requant: str = "exact") -> Callable:
+    """add / mul (relu or not): f(a, sa, za, b, sb, zb, s, z, relu) -> ints; a and b are integer
+    tensors in the memory order of PyTorch's (the vector loop walks memory)."""
+    if requant == "fixedpoint":
+        return fixedpoint.add_fixedpoint if op == "add" else fixedpoint.mul_fixedpoint
+    if op == "mul":
+        return elementwise.mul_float
+
+    def add(a, sa, za, b, sb, zb, s, z, relu):
+        if engine == "qnnpack" and a.shape == b.shape:
+            return elementwise.add_qnnpack(a, sa, za, b, sb, zb, s, z, relu)
+        # operands in different memory orders: TensorIterator runs no vector loop at all
+        scalar = True if _is_nhwc(a) != _is_nhwc(b) else quirks.tail_mask(a, cpu)
+        return elementwise.add_float(a, sa, za, b, sb, zb, s, z, relu, scalar)
     return add
 
 
-def move_qparams(engine: str, cpu: CpuProfile, requant: str = "exact") -> Callable:
-    """cat's requantization of one input: f(q, s_in, z_in, s, z, nhwc) -> ints."""
-    if requant == "fixedpoint":
-        return lambda q, s_in, z_in, s, z, nhwc=False: fixedpoint.requantize_values(q, s_in, z_in, s, z)
-
-    def move(q, s_in, z_in, s, z, nhwc=False):
-        if not nhwc:                    # generic path: dequantize, torch.cat, quantize_per_tensor
-            return elementwise.requantize_lanes(q, s_in, z_in, s, z)
-        if (s_in, z_in) == (s, z):      # qcat_nhwc_kernel copies inputs with the output's qparams
-            return q
-        return elementwise.requantize_lanes(q, s_in, z_in, s, z, quirks.vector_lanes(q.shape[1], cpu))
+def cat(engine: str, cpu: CpuProfile, requant: str = "exact") -> Callable:
+    """cat: f(parts [(ints, scale, zp)], s, z, nhwc) -> each part in the output's qparams.
+    `nhwc`: every input channels_last and dim 1 (qcat_nhwc_kernel), else the generic path."""
+    def move(parts, s, z, nhwc):
+        out = []
+        for q, st, zt in parts:
+            if requant == "fixedpoint":
+                out.append(q if (st, zt) == (s, z) else fixedpoint.requantize_values(q, st, zt, s, z))
+            elif not nhwc:                   # dequantize (DQ_S), float torch.cat, quantize
+                out.append(elementwise.requantize_float(q, st, zt, s, z, scalar=True))
+            elif (st, zt) == (s, z):         # the NHWC kernel copies inputs with the output's qparams
+                out.append(q)
+            else:
+                out.append(elementwise.requantize_float(q, st, zt, s, z, quirks.scalar_channels(q.shape[1], cpu)))
+        return out
     return move
 
 
 def average(engine: str, cpu: CpuProfile, requant: str = "exact") -> Callable:
-    """Average pooling's division: f(acc, s_in, divisor, zp, nhwc) -> ints (output keeps s_in, zp)."""
-    if requant == "fixedpoint":
-        return lambda acc, s_in, divisor, zp, nhwc=False: (fixedpoint.divide_fixedpoint(acc, divisor) + zp).clamp(0, 255)
-
-    def divide(acc, s_in, divisor, zp, nhwc=False):
-        lanes = quirks.vector_lanes(acc.shape[1], cpu) if nhwc else None
-        return elementwise.avg_pool_requantize(acc, s_in, s_in, divisor, zp, lanes)
+    """Average pooling's division: f(acc, raw_sum, divisor, window, scale, zp, nhwc) -> ints.
+    acc = sum of (q - zp) over the window's valid part, raw_sum = sum of q; divisor: what ATen
+    divides by (count_include_pad / divisor_override), window: kh * kw (what QNNPACK divides by)."""
+    def divide(acc, raw_sum, divisor, window, scale, zp, nhwc, qnnpack_kernel):
+        if requant == "fixedpoint":
+            return (fixedpoint.divide_fixedpoint(acc, divisor) + zp).clamp(0, 255)
+        if qnnpack_kernel:
+            return elementwise.avg_pool_qnnpack(acc, scale, window, zp)
+        return elementwise.avg_pool_nhwc(acc, divisor, zp) if nhwc else elementwise.avg_pool_nchw(acc, divisor, zp)
     return divide
 
 
 def adaptive_average(engine: str, cpu: CpuProfile, requant: str = "exact") -> Callable:
-    """Adaptive average pooling's division, one window size at a time: f(acc, s_in, size, zp)."""
+    """One window of adaptive average pooling: f(acc, raw_sum, kh, kw, scale, zp, nhwc, qnnpack_kernel)."""
+    def divide(acc, raw_sum, kh, kw, scale, zp, nhwc, qnnpack_kernel):
+        if requant == "fixedpoint":
+            return (fixedpoint.divide_fixedpoint(acc, torch.tensor(kh * kw)) + zp).clamp(0, 255)
+        if qnnpack_kernel:
+            return elementwise.avg_pool_qnnpack(acc, scale, kh * kw, zp)
+        if nhwc:
+            return elementwise.adaptive_avg_nhwc(acc, kh * kw, zp)
+        return elementwise.adaptive_avg_nchw(raw_sum, kh, kw)
+    return divide
+
+
+def uses_qnnpack_pooling(engine: str, op: str, ceil_mode: bool = False, divides: bool = True) -> bool:
+    """Under engine qnnpack, PyTorch sends pooling of quint8 tensors to QNNPACK when it can:
+    average / max pooling without ceil_mode, adaptive pooling whose output divides the input."""
+    if engine != "qnnpack":
+        return False
+    return divides if op == "adaptive" else not ceil_mode
+
+
+def mean(engine: str, cpu: CpuProfile, requant: str = "exact") -> Callable:
+    """x.mean([2, 3]) of a 4-D int8 tensor: f(ints, scale, zp, nhwc) -> [N, C] ints."""
+    def reduce(q, scale, zp, nhwc):
+        n, c, h, w = q.shape
+        acc = q.to(torch.int64).sum((2, 3)) - zp * h * w
+        if requant == "fixedpoint":
+            return (fixedpoint.divide_fixedpoint(acc, torch.tensor(h * w)) + zp).clamp(0, 255)
+        if engine == "qnnpack":
+            return elementwise.mean_qnnpack(acc, scale, h * w, zp)
+        if not nhwc:
+            return elementwise.mean_inner(q.to(torch.int64).sum((2, 3)), h * w)
+        return elementwise.mean_float(q, scale, zp)
+    return reduce
+
+
+def activation(op: str, engine: str, cpu: CpuProfile, requant: str = "exact") -> Callable:
+    """hardswish / hardsigmoid: f(ints, scale, zp, s_out, zp_out) -> ints. QNNPACK uses a
+    256-entry table; ATen dequantizes with the vector loop's DQ_V / DQ_S split."""
     if requant == "fixedpoint":
-        return lambda acc, s_in, size, zp: fixedpoint.divide_fixedpoint(acc, torch.tensor(size)) + zp
-    return lambda acc, s_in, size, zp: elementwise.avg_pool_requantize(acc, s_in, s_in, torch.tensor(size), zp)
+        def table(q, s, zp, s_out, zp_out):
+            with _offline():                     # a table of 256 values, built once: float allowed
+                x = elementwise.dequantize_scalar(torch.arange(256), s, zp)
+                y = (elementwise.hardswish_float(x, s_out, zp_out) if op == "hardswish"
+                     else elementwise.hardsigmoid_float(x)).to(torch.int64)
+            return y[q.long()]
+        return table
+
+    def apply(q, s, zp, s_out, zp_out):
+        if engine == "qnnpack":
+            t = (elementwise.hardswish_qnnpack_table(s, zp, s_out, zp_out) if op == "hardswish"
+                 else elementwise.hardsigmoid_qnnpack_table(s, zp))
+            return t[q.long()]
+        x = elementwise.dequantize_mixed(q, s, zp, quirks.tail_mask(q, cpu))
+        return elementwise.hardswish_float(x, s_out, zp_out) if op == "hardswish" else elementwise.hardsigmoid_float(x)
+    return apply
+
+
+def _offline():
+    from .layers import offline
+    return offline()
 
 
 def check(engine: str, requant: str) -> None:

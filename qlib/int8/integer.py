@@ -133,6 +133,20 @@ def pool_windows(t, kernel, stride, padding, dilation=1, ceil_mode=False, pad_va
     return windows[..., :sizes[0], :sizes[1], ::d[0], ::d[1]]
 
 
+def edge_clamped_windows(t, kernel, stride, padding, dilation=1):
+    """Pooling windows [..., OH, OW, kh, kw] whose taps outside the image read the nearest edge
+    value (QNNPACK's indirection buffer clamps the coordinates) instead of being skipped."""
+    k, s, p, d = pair(kernel), pair(stride if stride else kernel), pair(padding), pair(dilation)
+    h, w = t.shape[-2:]
+    oh = (h + 2 * p[0] - d[0] * (k[0] - 1) - 1) // s[0] + 1
+    ow = (w + 2 * p[1] - d[1] * (k[1] - 1) - 1) // s[1] + 1
+    ys = (torch.arange(oh).view(-1, 1) * s[0] - p[0] + torch.arange(k[0]) * d[0]).clamp(0, h - 1)   # [OH, kh]
+    xs = (torch.arange(ow).view(-1, 1) * s[1] - p[1] + torch.arange(k[1]) * d[1]).clamp(0, w - 1)   # [OW, kw]
+    rows = t[..., ys, :]                                   # [..., OH, kh, W]
+    taps = rows[..., xs]                                   # [..., OH, kh, OW, kw]
+    return taps.transpose(-3, -2)                          # [..., OH, OW, kh, kw]
+
+
 def adaptive_windows(size: int, out: int) -> list[tuple[int, int]]:
     """[start, end) of each adaptive pooling window along one axis (ATen's start/end_index)."""
     return [((i * size) // out, -(-((i + 1) * size) // out)) for i in range(out)]

@@ -20,15 +20,19 @@ import torch.ao.nn.quantized as nnq
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from . import dispatch, layers
+from . import dispatch, layers, ops
 from .cpu import KINDS, CpuProfile
 from .functional import GLUE, HANDLERS
 from .recorder import KERNEL_MODULES, Call, has_int8, op_key
 
 # The one table of converted module -> interpreter layer.
-LAYERS = {nnq.Quantize: layers.QuantizeI, nnq.DeQuantize: layers.DeQuantizeI, nnq.QFunctional: layers.QFunctionalI,
-          nn.ReLU: layers.ReLUI, nn.MaxPool2d: layers.MaxPoolI, nn.AvgPool2d: layers.AvgPoolI,
-          nn.AdaptiveAvgPool2d: layers.AdaptiveAvgPoolI}
+LAYERS = {nnq.Quantize: layers.QuantizeI, nnq.DeQuantize: layers.DeQuantizeI, nnq.QFunctional: ops.QFunctionalI,
+          nn.ReLU: ops.ReLUI, nn.MaxPool2d: ops.MaxPoolI, nn.AvgPool2d: ops.AvgPoolI,
+          nn.AdaptiveAvgPool2d: ops.AdaptiveAvgPoolI,
+          nnq.Hardswish: lambda path, m, ctx: ops.ActivationI(path, m, ctx, "hardswish"),
+          nn.Hardsigmoid: lambda path, m, ctx: ops.ActivationI(path, m, ctx, "hardsigmoid"),
+          nnq.ReLU6: lambda path, m, ctx: ops.ClampI(path, m, ctx, 0.0, 6.0),
+          nn.ReLU6: lambda path, m, ctx: ops.ClampI(path, m, ctx, 0.0, 6.0)}
 WEIGHTED = {nnq.Conv2d: (layers.ConvI, False), nniq.ConvReLU2d: (layers.ConvI, True),
             nnq.Linear: (layers.LinearI, False), nniq.LinearReLU: (layers.LinearI, True)}
 
@@ -42,7 +46,7 @@ def layer_for(module: nn.Module, path: str, ctx: layers.Context):
         layer, relu = WEIGHTED[kind]
         return layer(path, module, ctx, relu)
     if isinstance(module, KERNEL_MODULES):
-        supported = sorted({k.__name__ for k in (*LAYERS, *WEIGHTED)})
+        supported = sorted({f"{k.__module__.split('.')[-2]}.{k.__name__}" for k in (*LAYERS, *WEIGHTED)})
         raise layers.UnsupportedModuleError(
             f"{path or '<model>'} is a {kind.__module__}.{kind.__name__}, which the integer interpreter "
             f"does not implement. Supported modules: {', '.join(supported)}; plus the torch functions "

@@ -1,4 +1,4 @@
-"""The interpreter's layers: one module per quantized module, computing with integer tensors.
+"""The interpreter's layers with weights (conv, linear), the stubs, and what every layer shares.
 
 Each layer reads what the converted module stores (int8 weights, scales, zero points, float
 bias), asks dispatch.py once which arithmetic to follow, and in forward() takes the integers out
@@ -6,7 +6,8 @@ of its input, computes, and wraps the result back into a quantized tensor. That 
 container (uint8 values + scale + zero point, in the memory order PyTorch's kernel would give
 it), so that views in the model's forward() (flatten, a channel shuffle) work as they do in
 PyTorch. The integer path of a conv reads in one sitting: ConvI.forward -> integer.conv_accumulate
--> the requantization dispatch chose.
+-> the requantization dispatch chose. Layers without weights (pooling, add, cat, activations)
+are in ops.py.
 """
 
 from __future__ import annotations
@@ -217,114 +218,3 @@ class LinearI(WeightedI):
         acc = integer.linear_accumulate(uint8_of(x), x.q_zero_point(), self.wq, self.w_zp, pairs, stats)
         self.count(stats)
         return self.emit(self.requantize(acc, x), self.scale, self.zero_point)
-
-
-class ReLUI(Interpreted):
-    """ReLU on int8: max(q, zero point); scale and zero point unchanged."""
-
-    def forward(self, x):
-        zp = x.q_zero_point()
-        return self.emit(values(x).clamp_min(zp), x.q_scale(), zp, is_channels_last(x))
-
-
-class PoolI(Interpreted):
-    """A pooling layer: keeps the original module for its window settings."""
-
-    def __init__(self, path, m, ctx):
-        super().__init__(path, m, ctx)
-        self.pool = m
-
-
-class MaxPoolI(PoolI):
-    """Max pooling: the largest integer of each window; scale and zero point unchanged."""
-
-    def forward(self, x):
-        p = self.pool
-        windows = integer.pool_windows(values(x), p.kernel_size, p.stride, p.padding, p.dilation, p.ceil_mode,
-                                       -1, -1)
-        return self.emit(windows.amax((-1, -2)), x.q_scale(), x.q_zero_point(), is_channels_last(x))
-
-
-class AvgPoolI(PoolI):
-    """Average pooling: integer window sums of (q - zp), one multiplier per window size."""
-
-    def __init__(self, path, m, ctx):
-        super().__init__(path, m, ctx)
-        self.divide = dispatch.average(ctx.engine, ctx.cpu, ctx.requant)
-
-    def forward(self, x):
-        p = self.pool
-        h, w = x.shape[-2:]
-
-        def sums(t, pad_value):
-            return integer.pool_windows(t, p.kernel_size, p.stride, p.padding, 1, p.ceil_mode,
-                                        pad_value).sum((-1, -2))
-
-        zp = x.q_zero_point()
-        acc = sums(values(x) - zp, 0)
-        divisor = sums(torch.ones(h, w, dtype=torch.int32), 1 if p.count_include_pad else 0)
-        if p.divisor_override:
-            divisor = torch.full_like(divisor, p.divisor_override)
-        q = self.divide(acc, x.q_scale(), divisor.expand_as(acc), zp, is_channels_last(x))
-        return self.emit(q, x.q_scale(), zp, is_channels_last(x))
-
-
-class AdaptiveAvgPoolI(PoolI):
-    """Adaptive average pooling: windows of varying size, each divided by its own size."""
-
-    def __init__(self, path, m, ctx):
-        super().__init__(path, m, ctx)
-        self.divide = dispatch.adaptive_average(ctx.engine, ctx.cpu, ctx.requant)
-
-    def forward(self, x):
-        h, w = x.shape[-2:]
-        size = self.pool.output_size
-        oh, ow = (v if v is not None else d for v, d in zip(integer.pair(size), (h, w)))
-        q, s_in, zp = values(x) - x.q_zero_point(), x.q_scale(), x.q_zero_point()
-        rows = []
-        for h0, h1 in integer.adaptive_windows(h, oh):
-            cols = [self.divide(q[:, :, h0:h1, w0:w1].sum((-1, -2)), s_in, (h1 - h0) * (w1 - w0), zp)
-                    for w0, w1 in integer.adaptive_windows(w, ow)]
-            rows.append(torch.stack(cols, -1))
-        return self.emit(torch.stack(rows, -2).clamp(0, 255), s_in, zp, is_channels_last(x))
-
-
-class QFunctionalI(Interpreted):
-    """FloatFunctional after convert(): add, add_relu, mul and cat on int8 tensors."""
-
-    def __init__(self, path, m, ctx):
-        super().__init__(path, m, ctx)
-        self.scale, self.zero_point = float(m.scale), int(m.zero_point)
-        self.add_, self.mul_ = (dispatch.binary(op, ctx.engine, ctx.cpu, ctx.requant) for op in ("add", "mul"))
-        self.move = dispatch.move_qparams(ctx.engine, ctx.cpu, ctx.requant)
-
-    def forward(self, *args):
-        raise UnsupportedModuleError(f"{self.path} ({self.kind}) is not callable; use its methods.")
-
-    def _binary(self, fn, a, b, relu):
-        with inside(self):
-            q = fn(values(a), a.q_scale(), a.q_zero_point(), values(b), b.q_scale(), b.q_zero_point(),
-                   self.scale, self.zero_point, relu, channels_last=is_channels_last(a))
-            return self.emit(q, self.scale, self.zero_point, is_channels_last(a))
-
-    def add(self, a, b):
-        return self._binary(self.add_, a, b, False)
-
-    def add_relu(self, a, b):
-        return self._binary(self.add_, a, b, True)
-
-    def mul(self, a, b):
-        return self._binary(self.mul_, a, b, False)
-
-    def cat(self, xs, dim=0):
-        with inside(self):
-            xs = list(xs)
-            nhwc = dim in (1, -3) and all(is_channels_last(t) for t in xs)
-            parts = [self.move(values(t), t.q_scale(), t.q_zero_point(), self.scale, self.zero_point, nhwc)
-                     for t in xs]
-            return self.emit(torch.cat(parts, dim), self.scale, self.zero_point, nhwc)
-
-    def add_scalar(self, *args):
-        raise UnsupportedModuleError(f"{self.path} ({self.kind}).add_scalar is not supported.")
-
-    mul_scalar = matmul = add_scalar

@@ -10,13 +10,12 @@ elementwise.py) know no CPU. Three things here do, each a function of the CPU pr
    finishes the rest value by value, with a different float formula (no fused multiply-add).
    `scalar_tail` says which positions those are; they move with the vector width, the tensor's
    size, its memory order and the number of threads.
-3. **lanes**: kernels that vectorise over channels (NHWC average pooling, NHWC cat) treat the
-   first `C // 8 * 8` channels in vector lanes and the rest in scalar code: `vector_lanes`.
+3. **lanes**: NHWC cat vectorises over channels: the first `C // 8 * 8` channels in vector
+   lanes, the rest in scalar code: `scalar_channels`. (NHWC average pooling has lanes too, but its
+   two multipliers give the same integers.)
 """
 
 from __future__ import annotations
-
-import math
 
 import torch
 
@@ -51,40 +50,42 @@ def pairs_of(kernel: str, channels: int, taps: int = 1, groups: int = 1):
 # --- 2. scalar tails of ATen's vectorized loops -----------------------------------------------------
 
 PARALLEL_GRAIN = 32768  # at::internal::GRAIN_SIZE: below it, TensorIterator runs one chunk
+BLOCK = 64              # cpu_kernel_vec's block: two Vectorized<quint8> of the AVX2 build
 
 
 def scalar_tail(numel: int, cpu: CpuProfile) -> torch.Tensor:
     """Flat positions (memory order) that ATen's cpu_kernel_vec leaves to its scalar function.
 
     TensorIterator splits a contiguous range over the threads when it holds at least 32,768
-    elements (at::parallel_for: chunks of ceil(n / threads)); each chunk runs blocks of two
-    vectors of uint8 (64 values with AVX2, 128 with AVX-512) and finishes its last
-    (length % block) values one by one.
+    elements (at::parallel_for: chunks of ceil(n / threads)); each chunk runs blocks of 64 uint8
+    values (two AVX2 vectors; AVX-512 CPUs run the same AVX2 build) and finishes its last
+    (length % 64) values one by one. Without vectorized kernels (DEFAULT build) every value is.
     """
-    block = 2 * cpu.vector_bytes
+    if not cpu.quantized_vectors:
+        return torch.arange(numel)
     threads = min(cpu.aten_threads(), -(-numel // PARALLEL_GRAIN)) if numel >= PARALLEL_GRAIN else 1
     chunk = -(-numel // threads)
-    tails = [torch.arange(start + min(chunk, numel - start) // block * block, start + min(chunk, numel - start))
+    tails = [torch.arange(start + min(chunk, numel - start) // BLOCK * BLOCK, start + min(chunk, numel - start))
              for start in range(0, numel, chunk)]
     return torch.cat(tails) if tails else torch.zeros(0, dtype=torch.long)
 
 
-def tail_positions(shape, channels_last: bool, cpu: CpuProfile) -> torch.Tensor:
-    """Flat (NCHW) indices of the values a vector kernel leaves to its scalar tail; the kernel
-    walks memory, which for channels_last tensors is N, H, W, C order."""
-    tail = scalar_tail(math.prod(shape), cpu)
-    if not channels_last:
-        return tail
-    n, c, h, w = shape
-    i_n, rest = tail // (h * w * c), tail % (h * w * c)
-    i_h, rest = rest // (w * c), rest % (w * c)
-    i_w, i_c = rest // c, rest % c
-    return ((i_n * c + i_c) * h + i_h) * w + i_w
+def tail_mask(t: torch.Tensor, cpu: CpuProfile) -> torch.Tensor:
+    """[shape of t] mask of the values a vector kernel walking t's memory leaves to its scalar tail."""
+    flat = torch.zeros(t.numel(), dtype=torch.bool)
+    flat[scalar_tail(t.numel(), cpu)] = True
+    if t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous():
+        n, c, h, w = t.shape
+        return flat.view(n, h, w, c).permute(0, 3, 1, 2)      # memory is N, H, W, C
+    return flat.view(t.shape)
 
 
 # --- 3. channel lanes -------------------------------------------------------------------------------
 
 
-def vector_lanes(channels: int, cpu: CpuProfile) -> torch.Tensor:
-    """[1, C, 1, 1] mask of the channels an NHWC kernel computes in its 8-wide vector lanes."""
-    return (torch.arange(channels) < channels // 8 * 8).view(1, channels, 1, 1)
+def scalar_channels(channels: int, cpu: CpuProfile):
+    """Which channels NHWC cat dequantizes value by value (DQ_S): those past the last whole group
+    of 8 vector lanes ([1, C, 1, 1] mask), or all of them without vectorized kernels (True)."""
+    if not cpu.quantized_vectors:
+        return True
+    return (torch.arange(channels) >= channels // 8 * 8).view(1, channels, 1, 1)

@@ -69,7 +69,8 @@ class Recording:
 
     def add(self, key, path, type_, method, args, kwargs, output) -> None:
         key = unique_key(self.keys, key)
-        keep = lambda v: v.detach().clone() if isinstance(v, torch.Tensor) else (
+        # (a quantized tensor's plain clone() forgets channels_last; the memory order matters downstream)
+        keep = lambda v: v.detach().clone(memory_format=torch.preserve_format) if isinstance(v, torch.Tensor) else (
             [keep(t) for t in v] if isinstance(v, (list, tuple)) else v)
         call = Call(key, path, type_, method, keep(list(args)), dict(kwargs), keep(output))
         self.keys[key] = call

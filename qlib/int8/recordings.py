@@ -147,6 +147,21 @@ def profile_of(cpu: dict) -> CpuProfile:
                               threads=cpu.get("threads"))
 
 
+# --- the course's own recordings ---------------------------------------------------------------------------
+
+def course_recordings():
+    """tests/data/kernel-recordings: one folder per CPU kind, replayed by the test suite."""
+    from ..paths import REPO_ROOT
+
+    return REPO_ROOT / "tests" / "data" / "kernel-recordings"
+
+
+def recorded_kinds() -> list[str]:
+    """The CPU kinds the course holds recordings of (their folders' names)."""
+    root = course_recordings()
+    return sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+
+
 # --- files -------------------------------------------------------------------------------------------------
 
 
