@@ -3,6 +3,7 @@
 import pytest
 from hypothesis import given, settings, strategies as st
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.ao.nn.quantized import FloatFunctional
 from torch.ao.quantization import DeQuantStub, QuantStub, default_qconfig, get_default_qconfig
@@ -92,9 +93,11 @@ def test_saturation_emulation_is_what_makes_onednn_default_exact(calibration, im
     assert emulated.mismatches.sum() == 0
 
 
-class Zoo(nn.Module):
-    """Every supported op in one model: grouped, depthwise, dilated and strided convs, both
-    poolings with odd settings, mul, add_relu, cat (NHWC and 2-D), ReLU, Flatten, Dropout."""
+class AllOps(nn.Module):
+    """Every op the interpreter knows, in one model: grouped, depthwise, dilated and strided convs,
+    module and functional pooling in both memory orders (odd settings, QNNPACK's edge quirk),
+    mul (broadcast), add_relu, cat (NHWC, generic, with a strided slice), ReLU, ReLU6, hardtanh,
+    clamp, hardswish, hardsigmoid, a channel shuffle's views, mean, Flatten, Dropout."""
 
     def __init__(self):
         super().__init__()
@@ -104,43 +107,57 @@ class Zoo(nn.Module):
         self.depthwise = nn.Conv2d(12, 12, 3, stride=2, padding=2, dilation=2, groups=12)
         self.grouped = nn.Conv2d(12, 24, (3, 1), padding=(1, 0), groups=3, bias=False)
         self.pointwise = nn.Conv2d(12, 24, 1)
-        self.mul, self.add, self.cat, self.cat2 = (FloatFunctional() for _ in range(4))
-        self.relu = nn.ReLU()
+        self.mul, self.add, self.cat, self.cat2, self.cat3, self.gate = (FloatFunctional() for _ in range(6))
+        self.relu, self.relu6 = nn.ReLU(), nn.ReLU6()
+        self.swish, self.sigmoid = nn.Hardswish(), nn.Hardsigmoid()
         self.avg = nn.AvgPool2d(3, stride=2, padding=1, ceil_mode=True, count_include_pad=False)
         self.avg2 = nn.AvgPool2d(2, padding=1)
         self.avg3 = nn.AvgPool2d(3, stride=1, padding=1)      # 12 channels: 8 vector lanes + 4 scalar
         self.max = nn.MaxPool2d(2, ceil_mode=True)
         self.adaptive = nn.AdaptiveAvgPool2d((2, 3))
+        self.squeeze = nn.Conv2d(60, 60, 1)
         self.flatten, self.drop = nn.Flatten(), nn.Dropout(0.1)
         self.fc1, self.fc2 = nn.Linear(60 * 6, 16), nn.Linear(60 * 6, 8)
-        self.head = nn.Sequential(nn.ReLU(), nn.Linear(24, 10))
+        self.head = nn.Sequential(nn.ReLU(), nn.Linear(24 + 60, 10))
 
     def forward(self, x):
         x = self.avg3(self.depthwise(self.stem_relu(self.stem(self.quant(x)))))
         a, b = self.grouped(x), self.pointwise(x)
         s = self.add.add_relu(a, self.mul.mul(a, b))
-        c = self.cat.cat([s, self.relu(b), x], dim=1)             # 24 + 24 + 12 channels
-        c = self.adaptive(self.max(self.avg2(self.avg(c))))
+        c = self.cat.cat([s, self.relu6(self.relu(b)), self.swish(x)], dim=1)             # 60 channels, NHWC
+        n, ch, h, w = c.shape
+        shuffled = c.view(n, 3, ch // 3, h, w).transpose(1, 2).contiguous().view(n, ch, h, w)  # now NCHW
+        left, right = shuffled.chunk(2, dim=1)
+        c = self.cat3.cat([F.hardtanh(left, -0.5, 1.5), torch.clamp(right, 0.1, 2.0)], dim=1)  # generic path
+        c = F.avg_pool2d(c, 3, stride=1, padding=1)                                           # NCHW pooling
+        c = F.max_pool2d(self.avg(c), 3, stride=1, padding=1, dilation=2)                     # QNNPACK edges
+        c = self.adaptive(self.max(self.avg2(c)))
+        gate = self.sigmoid(F.adaptive_avg_pool2d(self.squeeze(c), 1))                       # squeeze-excite
+        c = self.gate.mul(gate, c)
+        pooled = c.mean([2, 3])
         c = self.drop(self.flatten(c))
-        c = self.cat2.cat([self.fc1(c), self.fc2(c)], dim=1)
+        c = self.cat2.cat([self.fc1(c), self.fc2(c), pooled], dim=1)
         return self.dequant(self.head(c))
 
 
+@live_exact
 @pytest.mark.parametrize("case", [c for c in CASES if c != "onednn-default"])
 def test_every_supported_op_bit_exact(case, calibration, images):
     torch.manual_seed(0)
-    qmodel = convert(Zoo().eval(), calibration, case)
+    qmodel = convert(AllOps().eval(), calibration, case)
     assert_bit_exact(qmodel, images, 500)
-    table = int8.compare_layers(qmodel, images[:200])
-    assert {"add", "mul", "cat", "cat2", "depthwise", "grouped", "avg", "adaptive"} <= set(table.layer)
-    assert table.mismatches.sum() == 0
+    table = int8.compare_layers(qmodel, images[:200], teacher_forced=True)
+    names = {key.split(":")[-1].split("#")[0] for key in table.layer}
+    assert {"add", "mul", "cat", "cat2", "cat3", "depthwise", "grouped", "avg", "adaptive", "swish", "sigmoid",
+            "relu6", "hardtanh", "clamp", "avg_pool2d", "max_pool2d", "adaptive_avg_pool2d", "mean"} <= names
+    assert table.mismatches.sum() == 0, table[table.mismatches > 0]
 
 
 def test_per_tensor_weights_under_fbgemm(calibration, images):
     if "fbgemm" not in CASES:
         pytest.skip("fbgemm not available")
     torch.manual_seed(0)
-    qmodel = convert(Zoo().eval(), calibration, "fbgemm", qconfig=default_qconfig)
+    qmodel = convert(AllOps().eval(), calibration, "fbgemm", qconfig=default_qconfig)
     assert qmodel.fc1.weight().qscheme() == torch.per_tensor_affine
     assert_bit_exact(qmodel, images, 1000)
 

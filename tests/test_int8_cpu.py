@@ -27,11 +27,30 @@ def test_arm_has_only_qnnpack_arithmetic():
 def test_int16_saturation_follows_each_librarys_isa():
     # AVX-VNNI alone: oneDNN uses it, FBGEMM does not (it has no AVX-VNNI kernels)
     alder = KINDS["avx2-vnni"]
-    assert alder.fbgemm_int16_pairs and not alder.onednn_int16_pairs
-    assert KINDS["avx2"].fbgemm_int16_pairs and KINDS["avx2"].onednn_int16_pairs
-    assert not KINDS["avx512-vnni"].fbgemm_int16_pairs and not KINDS["amx"].onednn_int16_pairs
-    assert KINDS["avx512"].fbgemm_int16_pairs and KINDS["avx512"].onednn_int16_pairs
-    assert not KINDS["avx2"].replace(int16_saturation=False).fbgemm_int16_pairs
+    assert alder.fbgemm_int16_pairs() and not alder.onednn_int16_pairs
+    assert KINDS["avx2"].fbgemm_int16_pairs() and KINDS["avx2"].onednn_int16_pairs
+    assert not KINDS["avx512-vnni"].fbgemm_int16_pairs() and not KINDS["amx"].onednn_int16_pairs
+    assert KINDS["avx512"].fbgemm_int16_pairs() and KINDS["avx512"].onednn_int16_pairs
+    # FBGEMM's depthwise kernel is AVX2 code everywhere; its groupwise kernel reads CPUID
+    assert KINDS["amx"].fbgemm_int16_pairs("depthwise") and not KINDS["amx"].fbgemm_int16_pairs("groupwise")
+    capped = KINDS["amx"].replace(fbgemm="avx2")                  # FBGEMM_ENABLE_INSTRUCTIONS=AVX2
+    assert capped.fbgemm_int16_pairs("im2col") and not capped.fbgemm_int16_pairs("groupwise")
+    assert not KINDS["avx2"].replace(int16_saturation=False).fbgemm_int16_pairs("depthwise")
+
+
+@pytest.mark.parametrize("geometry, avx512, path", [
+    (dict(in_channels=32, out_channels=32, groups=32, kernel=(3, 3), stride=(1, 1), padding=(1, 1)), True, "depthwise"),
+    (dict(in_channels=12, out_channels=12, groups=12, kernel=(3, 3), stride=(1, 1), padding=(1, 1)), True, "im2col"),
+    (dict(in_channels=32, out_channels=32, groups=32, kernel=(3, 3), stride=(1, 1), padding=(0, 0)), True, "im2col"),
+    (dict(in_channels=64, out_channels=64, groups=32, kernel=(3, 3), stride=(1, 1), padding=(1, 1)), True, "groupwise"),
+    (dict(in_channels=8, out_channels=8, groups=4, kernel=(3, 3), stride=(1, 1), padding=(1, 1)), True, "im2col"),
+    (dict(in_channels=8, out_channels=8, groups=4, kernel=(3, 3), stride=(1, 1), padding=(1, 1)), False, "groupwise"),
+    (dict(in_channels=16, out_channels=32, groups=1, kernel=(1, 1), stride=(1, 1), padding=(0, 0)), True, "pointwise"),
+    (dict(in_channels=16, out_channels=32, groups=1, kernel=(1, 1), stride=(2, 2), padding=(0, 0)), True, "im2col"),
+])
+def test_fbgemm_picks_its_kernel_by_shape(geometry, avx512, path):
+    cpu = KINDS["avx512" if avx512 else "avx2"]
+    assert dispatch.fbgemm_path({"dilation": (1, 1), **geometry}, cpu) == path
 
 
 def test_environment_caps_lower_the_libraries_isa():
@@ -58,12 +77,14 @@ def test_x86_engine_routes_convolutions_as_pytorch_does(kind, system, groups, sy
     assert dispatch.library_for("conv", "onednn", cpu, groups, symmetric) == "onednn"
 
 
-def test_vector_width_moves_the_scalar_tail():
+def test_scalar_tail_follows_atens_build_and_threads():
     from qlib.int8.quirks import scalar_tail
 
     n = 1000
     assert scalar_tail(n, KINDS["avx2"].replace(threads=1)).tolist() == list(range(960, 1000))    # 1000 % 64
-    assert scalar_tail(n, KINDS["amx"].replace(threads=1)).tolist() == list(range(896, 1000))     # 1000 % 128
+    # AVX-512 CPUs run ATen's AVX2 build of the quantized kernels: the same tail; DEFAULT has none
+    assert scalar_tail(n, KINDS["amx"].replace(threads=1)).tolist() == list(range(960, 1000))
+    assert scalar_tail(n, KINDS["arm64"].replace(threads=1)).tolist() == list(range(1000))
     two = scalar_tail(40000, KINDS["avx2"].replace(threads=2))                                    # 2 chunks
     assert two.tolist() == list(range(19968, 20000)) + list(range(39968, 40000))
 
@@ -79,7 +100,7 @@ def test_interpreter_takes_a_cpu_kind_by_name_or_profile():
     with pytest.raises(ValueError, match="CPU kind"):
         Interpreter(qmodel, cpu="pentium")
     layer = Interpreter(qmodel, cpu="avx2").model.features[0]
-    assert layer.arithmetic.label == "fbgemm (int16 pairs)"
+    assert layer.arithmetic.label == "fbgemm im2col (int16 pairs)"
     assert Interpreter(qmodel, cpu="amx").model.features[0].arithmetic.library == "onednn"
 
 

@@ -40,8 +40,8 @@ FBGEMM_LEVELS = ("avx2", "avx512", "avx512_vnni")
 ONEDNN_LEVELS = ("avx2", "avx2_vnni", "avx512_core", "avx512_core_vnni", "avx512_core_amx")
 ATEN_LEVELS = ("DEFAULT", "AVX2", "AVX512")
 # Environment values the libraries accept -> our level names.
-_FBGEMM_ENV = {"AVX2": "avx2", "AVX512": "avx512", "AVX512_E1": "avx512_vnni", "AVX512_256": "avx2",
-               "AVX512_E1_256": "avx2"}
+_FBGEMM_ENV = {"AVX2": "avx2", "AVX512": "avx512", "AVX512_E1": "avx512_vnni", "AVX512_256": "avx512",
+               "AVX512_E1_256": "avx512_vnni"}  # the 256-bit variants compute the same integers
 _ONEDNN_ENV = {"SSE41": None, "AVX": None, "AVX2": "avx2", "AVX2_VNNI": "avx2_vnni",
                "AVX2_VNNI_2": "avx2_vnni", "AVX512_CORE": "avx512_core",
                "AVX512_CORE_VNNI": "avx512_core_vnni", "AVX512_CORE_BF16": "avx512_core_vnni",
@@ -63,7 +63,8 @@ class CpuProfile:
     aten: str = "AVX2"              # ATen capability: DEFAULT, AVX2 or AVX512
     fbgemm: str | None = "avx2"     # FBGEMM's instruction set (None: no FBGEMM, e.g. ARM)
     onednn: str | None = "avx2"     # oneDNN's ISA for int8 (None: no oneDNN int8 kernels)
-    avx512_vnni: bool = False       # cpuinfo_has_x86_avx512vnni(), what PyTorch's routing reads
+    avx512_vnni: bool = False       # CPUID AVX-512 VNNI: PyTorch's x86 routing, FBGEMM's groupwise convs
+    avx512: bool = False            # CPUID AVX-512 (F, BW, VL): how many groups FBGEMM's groupwise kernel takes
     threads: int | None = None      # ATen's threads (the add's scalar tail); None: torch's, at call time
     int16_saturation: bool | None = None  # None: as the kernels do; False: a what-if without it
     description: str = ""
@@ -75,11 +76,16 @@ class CpuProfile:
         """PyTorch's should_use_onednn_quant: Linux and AVX-512 VNNI (plus per-layer conditions)."""
         return self.system == "Linux" and self.avx512_vnni and self.onednn is not None
 
-    @property
-    def fbgemm_int16_pairs(self) -> bool:
-        """FBGEMM adds u8 x s8 products two by two into int16 with saturation (no VNNI)."""
+    def fbgemm_int16_pairs(self, path: str = "gemm") -> bool:
+        """Does FBGEMM add u8 x s8 products two by two into int16 with saturation on this `path`?
+        Its GEMM kernels (im2col, pointwise, linear) do without VNNI in its instruction set; the
+        groupwise kernel reads CPUID itself; the depthwise kernel is AVX2 code on every CPU."""
         if self.int16_saturation is not None:
             return self.int16_saturation and self.fbgemm is not None
+        if path == "depthwise":
+            return True
+        if path == "groupwise":
+            return not self.avx512_vnni
         return self.fbgemm in ("avx2", "avx512")
 
     @property
@@ -120,7 +126,8 @@ class CpuProfile:
             "FBGEMM instruction set": self.fbgemm or "none",
             "oneDNN ISA": self.onednn or "none",
             "x86 engine: convs run": "oneDNN (where allowed)" if self.x86_conv_prefers_onednn else "FBGEMM",
-            "FBGEMM int16 pair saturation": self.fbgemm_int16_pairs,
+            "FBGEMM int16 pair saturation": "depthwise convs; " + ", ".join(
+                p for p in ("gemm", "groupwise") if self.fbgemm_int16_pairs(p)) if self.fbgemm else "-",
             "oneDNN int16 pair saturation": self.onednn_int16_pairs,
             "oneDNN scales applied": self.onednn_scales.replace("_", " "),
             "ATen quantized kernels": "AVX2 build, vectorized" if self.quantized_vectors else "scalar",
@@ -177,7 +184,7 @@ def profile_from_flags(flags: set[str], arch: str = "x86_64", system: str = "Lin
     if aten is None:
         aten = "AVX512" if core512 else "AVX2" if "avx2" in flags else "DEFAULT"
     profile = CpuProfile(kind="", arch=arch, system=system, aten=aten, fbgemm=fbgemm, onednn=onednn,
-                         avx512_vnni=vnni512, threads=threads)
+                         avx512_vnni=vnni512, avx512=core512, threads=threads)
     return profile.replace(kind=kind_of(profile), description=_describe(profile))
 
 
@@ -191,7 +198,7 @@ def kind_of(profile: CpuProfile) -> str:
 
 
 def _same_arithmetic(a: CpuProfile, b: CpuProfile) -> bool:
-    keys = ("arch", "aten", "fbgemm", "onednn")
+    keys = ("arch", "aten", "fbgemm", "onednn", "avx512_vnni", "avx512")
     return (all(getattr(a, k) == getattr(b, k) for k in keys)
             and a.x86_conv_prefers_onednn == b.x86_conv_prefers_onednn)
 
@@ -205,21 +212,21 @@ def _describe(profile: CpuProfile) -> str:
 # qlib.int8.recordings (recordings replayed by the tests) and the README.
 KINDS: dict[str, CpuProfile] = {
     "avx2": CpuProfile(
-        "avx2", aten="AVX2", fbgemm="avx2", onednn="avx2", avx512_vnni=False,
+        "avx2", aten="AVX2", fbgemm="avx2", onednn="avx2",
         description="x86-64 with AVX2, no VNNI (e.g. AMD EPYC Zen 2/3, Intel Haswell to Comet Lake)"),
     "avx2-vnni": CpuProfile(
-        "avx2-vnni", aten="AVX2", fbgemm="avx2", onednn="avx2_vnni", avx512_vnni=False,
+        "avx2-vnni", aten="AVX2", fbgemm="avx2", onednn="avx2_vnni",
         description="x86-64 with AVX-VNNI but no AVX-512 (e.g. Intel Alder Lake and later desktops)"),
     "avx512": CpuProfile(
-        "avx512", aten="AVX512", fbgemm="avx512", onednn="avx512_core", avx512_vnni=False,
+        "avx512", aten="AVX512", fbgemm="avx512", onednn="avx512_core", avx512=True,
         description="x86-64 with AVX-512, no VNNI (e.g. Intel Skylake-SP)"),
     "avx512-vnni": CpuProfile(
-        "avx512-vnni", aten="AVX512", fbgemm="avx512_vnni", onednn="avx512_core_vnni", avx512_vnni=True,
+        "avx512-vnni", aten="AVX512", fbgemm="avx512_vnni", onednn="avx512_core_vnni", avx512_vnni=True, avx512=True,
         description="x86-64 with AVX-512 VNNI (e.g. AMD EPYC Zen 4/5, Intel Cascade Lake, Ice Lake)"),
     "amx": CpuProfile(
-        "amx", aten="AVX512", fbgemm="avx512_vnni", onednn="avx512_core_amx", avx512_vnni=True,
+        "amx", aten="AVX512", fbgemm="avx512_vnni", onednn="avx512_core_amx", avx512_vnni=True, avx512=True,
         description="x86-64 with AVX-512 VNNI and AMX (Intel Sapphire Rapids and later Xeons)"),
     "arm64": CpuProfile(
-        "arm64", arch="arm64", system="Darwin", aten="DEFAULT", fbgemm=None, onednn=None, avx512_vnni=False,
+        "arm64", arch="arm64", system="Darwin", aten="DEFAULT", fbgemm=None, onednn=None,
         description="ARM64 (Apple Silicon, ARM Linux): engine qnnpack only"),
 }

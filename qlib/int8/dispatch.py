@@ -49,15 +49,39 @@ def library_for(op: str, engine: str, cpu: CpuProfile, groups: int = 1, symmetri
     return "fbgemm"
 
 
-def weighted(op: str, engine: str, cpu: CpuProfile, requant: str = "exact", groups: int = 1,
+def fbgemm_path(geometry: dict, cpu: CpuProfile) -> str:
+    """FBGEMM's kernel for a layer (FbgemmConv.cc ConvFastPath): "depthwise", "groupwise",
+    "pointwise", "im2col" for convs, "gemm" for linear layers."""
+    if geometry.get("op") == "linear":
+        return "gemm"
+    c, oc, g = geometry["in_channels"], geometry["out_channels"], geometry["groups"]
+    (kh, kw), stride, pad, dilation = geometry["kernel"], geometry["stride"], geometry["padding"], geometry["dilation"]
+    square = kh == kw and stride[0] == stride[1] and pad[0] == pad[1] and dilation == (1, 1)
+    k, s, p = kh, stride[0], pad[0]
+    if square and g == c and oc in (g, 2 * g) and g % 8 == 0 and s in (1, 2) and k in (3, 5, 7) and p == (k - 1) // 2:
+        return "depthwise"
+    per_group, out_per_group = c // g, oc // g
+    together = max((64 if cpu.avx512 else 32) // out_per_group // max(per_group, 4), 1)
+    if (square and per_group == out_per_group and per_group in (2, 4, 8, 16) and g >= together and k == 3
+            and p == 1 and s in (1, 2)):
+        return "groupwise"
+    if square and k == 1 and s == 1 and p == 0:
+        return "pointwise"
+    return "im2col"
+
+
+def weighted(op: str, engine: str, cpu: CpuProfile, requant: str = "exact", geometry: dict | None = None,
              symmetric: bool = True) -> WeightedArithmetic:
-    """The arithmetic of a conv ("conv") or linear ("linear") layer."""
+    """The arithmetic of a conv ("conv") or linear ("linear") layer; `geometry`: its shape
+    (in/out channels, kernel, stride, padding, dilation, groups), which picks the kernel."""
+    geometry = {"op": op, "groups": 1, **(geometry or {})}
     if requant == "fixedpoint":
         return WeightedArithmetic("fixedpoint", None, None)
-    library = library_for(op, engine, cpu, groups, symmetric)
+    library = library_for(op, engine, cpu, geometry["groups"], symmetric)
     if library == "fbgemm":
-        pairs = functools.partial(quirks.pairs_of, "fbgemm") if cpu.fbgemm_int16_pairs else None
-        return WeightedArithmetic("fbgemm", pairs, requantize.requantize_fbgemm)
+        path = fbgemm_path(geometry, cpu)
+        pairs = functools.partial(quirks.pairs_of, "fbgemm") if cpu.fbgemm_int16_pairs(path) else None
+        return WeightedArithmetic(f"fbgemm {path}", pairs, functools.partial(requantize.requantize_fbgemm, path=path))
     if library == "onednn":
         pairs = functools.partial(quirks.pairs_of, "onednn") if cpu.onednn_int16_pairs else None
         return WeightedArithmetic("onednn", pairs, functools.partial(requantize.requantize_onednn,
@@ -65,8 +89,10 @@ def weighted(op: str, engine: str, cpu: CpuProfile, requant: str = "exact", grou
     return WeightedArithmetic("qnnpack", None, requantize.requantize_qnnpack)
 
 
-def _is_nhwc(t: torch.Tensor) -> bool:
-    return t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
+def _same_memory_order(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return (a.is_contiguous() and b.is_contiguous()) or (
+        a.dim() == b.dim() == 4 and a.is_contiguous(memory_format=torch.channels_last)
+        and b.is_contiguous(memory_format=torch.channels_last))
 
 
 def binary(op: str, engine: str, cpu: CpuProfile, requant: str = "exact") -> Callable:
@@ -81,7 +107,7 @@ def binary(op: str, engine: str, cpu: CpuProfile, requant: str = "exact") -> Cal
         if engine == "qnnpack" and a.shape == b.shape:
             return elementwise.add_qnnpack(a, sa, za, b, sb, zb, s, z, relu)
         # operands in different memory orders: TensorIterator runs no vector loop at all
-        scalar = True if _is_nhwc(a) != _is_nhwc(b) else quirks.tail_mask(a, cpu)
+        scalar = quirks.tail_mask(a, cpu) if _same_memory_order(a, b) else True
         return elementwise.add_float(a, sa, za, b, sb, zb, s, z, relu, scalar)
     return add
 

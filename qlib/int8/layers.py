@@ -74,17 +74,43 @@ def values(t: torch.Tensor) -> torch.Tensor:
 
 
 def is_channels_last(t: torch.Tensor) -> bool:
-    """Is t stored in N, H, W, C order (as PyTorch's conv outputs are)?"""
-    return t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
+    """Would a kernel take its NHWC path for t? (It asks is_contiguous(channels_last), which a
+    tensor with one channel or a 1x1 image satisfies whatever its strides.)"""
+    return t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last)
 
 
-def wrap(q: torch.Tensor, scale: float, zero_point: int, channels_last: bool = False) -> torch.Tensor:
-    """Integers back into a quantized tensor, stored in the memory order PyTorch's kernel gives."""
+def suggests_channels_last(t: torch.Tensor) -> bool:
+    """ATen's suggest_memory_format() == ChannelsLast (is_channels_last_strides_2d): the memory
+    order PyTorch gives the output of an op on t when the output's shape differs from t's."""
+    if t.dim() != 4 or t.stride(1) == 0:
+        return False
+    low = 0
+    for d in (1, 3, 2, 0):
+        if t.shape[d] == 0 or t.stride(d) < low or (d == 0 and low == t.stride(1)):
+            return False
+        low = t.stride(d) * (t.shape[d] if t.shape[d] > 1 else 1)
+    return True
+
+
+def wrap(q: torch.Tensor, scale: float, zero_point: int, like: torch.Tensor | None = None,
+         channels_last: bool = False) -> torch.Tensor:
+    """Integers back into a quantized tensor, in the memory order PyTorch's kernel gives its output:
+    the strides of `like` (an input of the same shape: empty_like), else N, H, W, C where
+    `channels_last` or where `like` suggests it, else contiguous."""
     u = q.to(torch.uint8)
-    if channels_last and u.dim() == 4:
-        u = u.contiguous(memory_format=torch.channels_last)
+    if like is not None and tuple(like.shape) == tuple(u.shape):
+        out = torch.empty_like(uint8_of(like) if like.is_quantized else like, dtype=torch.uint8)
+        out.copy_(u)
+        u = out
+    elif u.dim() == 4 and (channels_last or (like is not None and suggests_channels_last(like))):
+        n, c, h, w = u.shape
+        out = torch.empty(n, h, w, c, dtype=torch.uint8).permute(0, 3, 1, 2)
+        out.copy_(u)
+        u = out
+    else:
+        u = u.contiguous()
     t = torch._make_per_tensor_quantized_tensor(u, scale, zero_point)
-    t._int8_values = u
+    t._int8_values = u if u.stride() == t.stride() else t.int_repr()
     return t
 
 
@@ -121,8 +147,8 @@ class Interpreted(nn.Module):
         with inside(self):
             return super().__call__(*args, **kwargs)
 
-    def emit(self, q, scale, zero_point, channels_last=False):
-        t = wrap(q, scale, zero_point, channels_last)
+    def emit(self, q, scale, zero_point, like=None, channels_last=False):
+        t = wrap(q, scale, zero_point, like, channels_last)
         self.ctx.store(self.path, t._int8_values)
         return t
 
@@ -138,9 +164,7 @@ class QuantizeI(Interpreted):
                                          "the interpreter handles quint8 activations only.")
 
     def forward(self, x):
-        channels_last = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
-        return self.emit(elementwise.quantize(x, self.scale, self.zero_point), self.scale, self.zero_point,
-                         channels_last)
+        return self.emit(elementwise.quantize(x, self.scale, self.zero_point), self.scale, self.zero_point, like=x)
 
 
 class DeQuantizeI(Interpreted):
@@ -170,7 +194,11 @@ class WeightedI(Interpreted):
         self.bias = None if bias is None else bias.detach().to(torch.float32).clone()
         self.scale, self.zero_point, self.relu = float(m.scale), int(m.zero_point), relu
         self.groups = getattr(m, "groups", 1)
-        self.arithmetic = dispatch.weighted(self.op, ctx.engine, ctx.cpu, ctx.requant, self.groups,
+        geometry = {"in_channels": self.wq.shape[1] * self.groups, "out_channels": out_channels, "groups": self.groups}
+        if self.op == "conv":
+            geometry.update(kernel=tuple(self.wq.shape[2:]), stride=tuple(m.stride), padding=tuple(m.padding),
+                            dilation=tuple(m.dilation))
+        self.arithmetic = dispatch.weighted(self.op, ctx.engine, ctx.cpu, ctx.requant, geometry,
                                             bool((self.w_zp == 0).all()))
         self.constants = {}  # fixed-point bias and multipliers, per input scale
 

@@ -24,7 +24,7 @@ class ReLUI(Interpreted):
 
     def forward(self, x):
         zp = x.q_zero_point()
-        return self.emit(values(x).clamp_min(zp), x.q_scale(), zp, is_channels_last(x))
+        return self.emit(values(x).clamp_min(zp), x.q_scale(), zp, like=x)
 
 
 class ClampI(Interpreted):
@@ -40,9 +40,9 @@ class ClampI(Interpreted):
         low = 0 if self.low is None else elementwise.quantize_bound(self.low, s, zp)
         high = 255 if self.high is None else elementwise.quantize_bound(self.high, s, zp)
         r = q.clamp(low, high)
-        if self.ctx.engine == "qnnpack" and self.ctx.requant == "exact" and is_channels_last(x):
-            return self.emit(_scrambled_by_qnnpack(r), s, zp, False)
-        return self.emit(r, s, zp, is_channels_last(x))
+        if self.ctx.engine == "qnnpack" and self.ctx.requant == "exact" and is_channels_last(x) and not x.is_contiguous():
+            return self.emit(_scrambled_by_qnnpack(r), s, zp)
+        return self.emit(r, s, zp, like=x)
 
 
 class ActivationI(Interpreted):
@@ -56,7 +56,7 @@ class ActivationI(Interpreted):
 
     def forward(self, x):
         q = self.apply(values(x), x.q_scale(), x.q_zero_point(), *self.out)
-        return self.emit(q, *self.out, is_channels_last(x))
+        return self.emit(q, *self.out, like=x)
 
 
 class PoolI(Interpreted):
@@ -80,7 +80,7 @@ class MaxPoolI(PoolI):
             windows = integer.edge_clamped_windows(q, p.kernel_size, p.stride, p.padding, p.dilation)
         else:
             windows = integer.pool_windows(q, p.kernel_size, p.stride, p.padding, p.dilation, p.ceil_mode, -1, -1)
-        return self.emit(windows.amax((-1, -2)), x.q_scale(), x.q_zero_point(), is_channels_last(x))
+        return self.emit(windows.amax((-1, -2)), x.q_scale(), x.q_zero_point(), like=x)
 
 
 class AvgPoolI(PoolI):
@@ -106,7 +106,7 @@ class AvgPoolI(PoolI):
         kh, kw = integer.pair(p.kernel_size)
         qnnpack = dispatch.uses_qnnpack_pooling(self.ctx.engine, "avg", p.ceil_mode)
         out = self.divide(acc, None, divisor.expand_as(acc), kh * kw, x.q_scale(), zp, is_channels_last(x), qnnpack)
-        return self.emit(out, x.q_scale(), zp, is_channels_last(x))
+        return self.emit(out, x.q_scale(), zp, like=x)
 
 
 class AdaptiveAvgPoolI(PoolI):
@@ -130,7 +130,7 @@ class AdaptiveAvgPoolI(PoolI):
                 cols.append(self.divide(raw - zp * (h1 - h0) * (w1 - w0), raw, h1 - h0, w1 - w0, s_in, zp, nhwc,
                                         qnnpack))
             rows.append(torch.stack(cols, -1))
-        return self.emit(torch.stack(rows, -2), s_in, zp, nhwc)
+        return self.emit(torch.stack(rows, -2), s_in, zp, like=x)
 
 
 class MeanI(Interpreted):
@@ -148,10 +148,10 @@ class MeanI(Interpreted):
         return self.emit(q, x.q_scale(), x.q_zero_point())
 
 
-def _layout_of_cat(xs, dim) -> bool:
-    """The memory order of float torch.cat for inputs with these strides (the generic cat's)."""
-    dummies = [torch.empty_strided(t.shape, t.stride(), dtype=torch.uint8) for t in xs]
-    return is_channels_last(torch.cat(dummies, dim))
+def _layout_of_cat(xs, dim) -> torch.Tensor:
+    """An empty tensor with the memory order of float torch.cat of inputs with these strides (the
+    generic cat's output)."""
+    return torch.cat([torch.empty_strided(t.shape, t.stride(), dtype=torch.uint8) for t in xs], dim)
 
 
 class QFunctionalI(Interpreted):
@@ -170,7 +170,7 @@ class QFunctionalI(Interpreted):
         with inside(self):
             q = fn(values(a), a.q_scale(), a.q_zero_point(), values(b), b.q_scale(), b.q_zero_point(),
                    self.scale, self.zero_point, relu)
-            return self.emit(q, self.scale, self.zero_point, is_channels_last(a))
+            return self.emit(q, self.scale, self.zero_point, like=a)
 
     def add(self, a, b):
         return self._binary(self.add_, a, b, False)
@@ -188,7 +188,8 @@ class QFunctionalI(Interpreted):
                                           for t in xs)
             parts = self.move([(values(t), t.q_scale(), t.q_zero_point()) for t in xs], self.scale,
                               self.zero_point, nhwc)
-            return self.emit(torch.cat(parts, dim), self.scale, self.zero_point, nhwc or _layout_of_cat(xs, dim))
+            like = None if nhwc else _layout_of_cat(xs, dim)
+            return self.emit(torch.cat(parts, dim), self.scale, self.zero_point, like=like, channels_last=nhwc)
 
     def add_scalar(self, *args):
         raise UnsupportedModuleError(f"{self.path} ({self.kind}).add_scalar is not supported.")

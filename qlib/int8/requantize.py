@@ -31,23 +31,47 @@ def per_channel(v: torch.Tensor, acc: torch.Tensor) -> torch.Tensor:
     return v.view(-1, *([1] * (acc.dim() - 2)))
 
 
+def fma_f32(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """float32 fused multiply-add a * b + c with one rounding (vfmadd), computed exactly.
+
+    a * b is exact in float64; the float64 sum s = a*b + c carries an error e (TwoSum), which only
+    matters when s lies exactly halfway between two float32 values: then s moves one float64
+    step towards the true value before the single rounding to float32.
+    """
+    a, b, c = torch.broadcast_tensors(a.to(F32), b.to(F32), c.to(F32))
+    p, c64 = a.double() * b.double(), c.double()
+    s = p + c64
+    bb = s - p
+    e = (p - (s - bb)) + (c64 - bb)
+    halfway = ((s.view(torch.int64) & ((1 << 29) - 1)) == (1 << 28)) & (e != 0)
+    if bool(halfway.any()):
+        s = torch.where(halfway, torch.nextafter(s, torch.where(e > 0, torch.inf, -torch.inf).double()), s)
+    return s.to(F32)
+
+
 def requantize_fbgemm(acc, in_s, w_s, bias, out_s, out_zp, relu, per_channel_weights,
-                      bias_by_reciprocal=None) -> torch.Tensor:
+                      path: str = "gemm") -> torch.Tensor:
     """fbgemm's ReQuantizeOutput: float bias added to the accumulator in units of in_s*w_s.
 
-    With per-tensor weights, the kernel multiplies the bias by f32(1 / ats) instead of dividing
-    by ats (`bias_by_reciprocal`, default: per-tensor weights); the two differ in the last bit
-    now and then.
+    Per-channel weights: acc + f32(bias / ats). Per-tensor weights: bias times f32(1/ats), which
+    the compiler fused with the add into one FMA (a single rounding) except in the depthwise
+    kernel (`path="depthwise"`); the forms differ in the last bit now and then. A product too large
+    for int32 converts to INT32_MIN, so an absurd output scale gives 0, not 255.
     """
     ats = f32(in_s) * w_s.to(F32)                      # act_times_w_scale per output channel
     mult = ats / f32(out_s)
     raw = acc.to(F32)                                  # int32 -> float32 (cvtepi32_ps)
     if bias is not None:
-        reciprocal = not per_channel_weights if bias_by_reciprocal is None else bias_by_reciprocal
-        b = bias.to(F32) * (f32(1.0) / ats) if reciprocal else bias.to(F32) / ats
-        raw += per_channel(b, acc)
+        b = per_channel(bias.to(F32), acc)
+        if per_channel_weights:
+            raw += b / per_channel(ats, acc)
+        elif path == "depthwise":
+            raw += b * per_channel(f32(1.0) / ats, acc)
+        else:
+            raw = fma_f32(b, per_channel(f32(1.0) / ats, acc), raw)
     raw *= per_channel(mult, acc)
-    return rne(raw).add_(out_zp).clamp_(out_zp if relu else 0, 255)
+    q = torch.where(raw.abs() < 2.0 ** 31, rne(raw), torch.tensor(-2.0 ** 31))   # cvtps2dq
+    return q.add_(out_zp).clamp_(out_zp if relu else 0, 255)
 
 
 def requantize_qnnpack(acc, in_s, w_s, bias, out_s, out_zp, relu, per_channel_weights=True) -> torch.Tensor:
