@@ -101,7 +101,7 @@ def test_interpreter_takes_a_cpu_kind_by_name_or_profile():
         Interpreter(qmodel, cpu="pentium")
     layer = Interpreter(qmodel, cpu="avx2").model.features[0]
     assert layer.arithmetic.label == "fbgemm im2col (int16 pairs)"
-    assert Interpreter(qmodel, cpu="amx").model.features[0].arithmetic.library == "onednn"
+    assert Interpreter(qmodel, cpu="amx").model.features[0].arithmetic.library.startswith("onednn ")
 
 
 def test_live_profile_is_what_torch_reports():

@@ -104,3 +104,42 @@ def trace(layer: WeightedI, q_in: torch.Tensor, in_scale: float, in_zp: int, ind
     return {"inputs": len(xs), "acc = sum (x - x_zp) * w": acc, "bias / (s_x * s_w)": bias,
             "M = s_x * s_w / s_out": m, "(acc + bias) * M + z": (acc + bias) * m + layer.zero_point,
             f"requantized ({layer.arithmetic.library})": int(q)}
+
+
+def checked_here(cpu: CpuProfile | None = None) -> bool:
+    """Has the course checked the interpreter against PyTorch on this CPU kind (a recording of it
+    in tests/data/kernel-recordings, replayed by the test suite)?"""
+    from .recordings import recorded_kinds
+
+    return (cpu or CpuProfile.detect()).kind in recorded_kinds()
+
+
+def claim_exact(mismatches: int, what: str, cpu: CpuProfile | None = None) -> str:
+    """The notebooks' bit-exactness claim, true on every CPU: on a CPU kind the course has checked,
+    any mismatch is an error; on another kind, the count is reported with how to record that CPU."""
+    cpu = cpu or CpuProfile.detect()
+    if mismatches == 0:
+        return f"{what}: bit-exact on this CPU (kind {cpu.kind!r})."
+    if checked_here(cpu):
+        raise AssertionError(f"{what}: {mismatches} mismatches on CPU kind {cpu.kind!r}, which the course "
+                             "has recordings of: the interpreter is wrong here.")
+    return (f"{what}: {mismatches} mismatches on CPU kind {cpu.kind!r}, which the course has no recording "
+            "of: its kernels round in ways the interpreter does not know yet. Record this CPU with "
+            "`python -m qlib.int8.record DIR` and share the folder.")
+
+
+ARITHMETIC = {"matmul", "mul", "add", "sub", "div", "rdiv", "round", "sum", "lshift", "rshift", "and", "neg",
+              "clamp", "clamp_min", "maximum", "amax", "where"}
+
+
+def arithmetic_summary(interpreter: Interpreter) -> dict[str, str]:
+    """Per layer type, in a few words: which arithmetic ran in integers and which in float32."""
+    summary = {}
+    for kind, steps in interpreter.arithmetic().items():
+        parts = []
+        for label, names in (("integer", steps["integer"]), ("float", steps["float"])):
+            ops = sorted({n.split(" (")[0] for n in names if n.split(" (")[0] in ARITHMETIC})
+            if ops:
+                parts.append(f"{label}: {', '.join(ops)}")
+        summary[kind] = "; ".join(parts) or "-"
+    return summary

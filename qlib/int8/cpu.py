@@ -90,17 +90,11 @@ class CpuProfile:
 
     @property
     def onednn_int16_pairs(self) -> bool:
-        """oneDNN's jit kernels without VNNI do the same (with their own pairing)."""
+        """oneDNN's kernels without VNNI do the same, with their own pairing (onednn.py: which ones)."""
         if self.int16_saturation is not None:
             return self.int16_saturation and self.onednn is not None
         return self.onednn in ("avx2", "avx512_core")
 
-    @property
-    def onednn_scales(self) -> str:
-        """How oneDNN applies the input and weight scales to the accumulator: 'combined' (one
-        float32 multiply by f32(s_in * s_w): jit and AMX kernels) or 'one_by_one' (brgemm with
-        VNNI: two float32 multiplies, see requantize.requantize_onednn)."""
-        return "one_by_one" if self.onednn in ("avx2_vnni", "avx512_core_vnni") else "combined"
 
     @property
     def quantized_vectors(self) -> bool:
@@ -129,7 +123,6 @@ class CpuProfile:
             "FBGEMM int16 pair saturation": "depthwise convs; " + ", ".join(
                 p for p in ("gemm", "groupwise") if self.fbgemm_int16_pairs(p)) if self.fbgemm else "-",
             "oneDNN int16 pair saturation": self.onednn_int16_pairs,
-            "oneDNN scales applied": self.onednn_scales.replace("_", " "),
             "ATen quantized kernels": "AVX2 build, vectorized" if self.quantized_vectors else "scalar",
             "threads": self.threads if self.threads is not None else f"torch's ({torch.get_num_threads()})",
         }

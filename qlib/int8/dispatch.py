@@ -20,7 +20,7 @@ from typing import Callable
 
 import torch
 
-from . import elementwise, fixedpoint, quirks, requantize
+from . import elementwise, fixedpoint, onednn, quirks, requantize
 from .cpu import CpuProfile
 
 ENGINES = ("fbgemm", "x86", "qnnpack", "onednn")
@@ -71,22 +71,35 @@ def fbgemm_path(geometry: dict, cpu: CpuProfile) -> str:
 
 
 def weighted(op: str, engine: str, cpu: CpuProfile, requant: str = "exact", geometry: dict | None = None,
-             symmetric: bool = True) -> WeightedArithmetic:
-    """The arithmetic of a conv ("conv") or linear ("linear") layer; `geometry`: its shape
-    (in/out channels, kernel, stride, padding, dilation, groups), which picks the kernel."""
+             symmetric: bool = True) -> Callable[..., WeightedArithmetic]:
+    """The arithmetic of a conv ("conv") or linear ("linear") layer, as a function of the call:
+    choose(batch, out_hw) -> WeightedArithmetic. `geometry`: the layer's shape (in / out channels,
+    kernel, stride, padding, dilation, groups), which with the input's shape picks the kernel."""
     geometry = {"op": op, "groups": 1, **(geometry or {})}
     if requant == "fixedpoint":
-        return WeightedArithmetic("fixedpoint", None, None)
+        fixed = WeightedArithmetic("fixedpoint", None, None)
+        return lambda batch=1, out_hw=(1, 1): fixed
     library = library_for(op, engine, cpu, geometry["groups"], symmetric)
     if library == "fbgemm":
         path = fbgemm_path(geometry, cpu)
         pairs = functools.partial(quirks.pairs_of, "fbgemm") if cpu.fbgemm_int16_pairs(path) else None
-        return WeightedArithmetic(f"fbgemm {path}", pairs, functools.partial(requantize.requantize_fbgemm, path=path))
-    if library == "onednn":
-        pairs = functools.partial(quirks.pairs_of, "onednn") if cpu.onednn_int16_pairs else None
-        return WeightedArithmetic("onednn", pairs, functools.partial(requantize.requantize_onednn,
-                                                                     scales=cpu.onednn_scales))
-    return WeightedArithmetic("qnnpack", None, requantize.requantize_qnnpack)
+        chosen = WeightedArithmetic(f"fbgemm {path}", pairs, functools.partial(requantize.requantize_fbgemm, path=path))
+        return lambda batch=1, out_hw=(1, 1): chosen
+    if library == "qnnpack":
+        chosen = WeightedArithmetic("qnnpack", None, requantize.requantize_qnnpack)
+        return lambda batch=1, out_hw=(1, 1): chosen
+
+    def choose(batch=1, out_hw=(1, 1)):
+        if op == "conv":
+            kernel = onednn.conv_kernel(cpu.onednn, geometry, batch, out_hw, cpu.aten_threads())
+        else:
+            kernel = onednn.linear_kernel(cpu.onednn, batch, geometry["in_channels"], geometry["out_channels"])
+        saturates = kernel.pairs if cpu.int16_saturation is None else cpu.int16_saturation and kernel.pairs
+        pairs = functools.partial(quirks.pairs_of, "onednn") if saturates else None
+        return WeightedArithmetic(f"onednn {kernel.name} ({kernel.scales.replace('_', ' ')})", pairs,
+                                  functools.partial(requantize.requantize_onednn, scales=kernel.scales,
+                                                    linear=op == "linear"))
+    return choose
 
 
 def _same_memory_order(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -105,7 +118,9 @@ def binary(op: str, engine: str, cpu: CpuProfile, requant: str = "exact") -> Cal
 
     def add(a, sa, za, b, sb, zb, s, z, relu):
         if engine == "qnnpack" and a.shape == b.shape:
-            return elementwise.add_qnnpack(a, sa, za, b, sb, zb, s, z, relu)
+            with _offline():   # QNNPACK's multipliers: float at set-up, like every other constant
+                multipliers = elementwise.qnnpack_add_multipliers(sa, sb, s)
+            return elementwise.add_qnnpack(a, za, b, zb, z, relu, *multipliers)
         # operands in different memory orders: TensorIterator runs no vector loop at all
         scalar = quirks.tail_mask(a, cpu) if _same_memory_order(a, b) else True
         return elementwise.add_float(a, sa, za, b, sb, zb, s, z, relu, scalar)

@@ -84,12 +84,17 @@ def add_float(a, sa, za, b, sb, zb, s, z, relu, scalar=None) -> torch.Tensor:
     return quantize_float(c, s, z)
 
 
-def add_qnnpack(a, sa, za, b, sb, zb, s, z, relu) -> torch.Tensor:
-    """QNNPACK's quantized add: fixed-point multipliers, then gemmlowp's RoundingDivideByPOT
-    (QNNPACK writes the same rounding as `rem - (acc < 0) > mask >> 1`)."""
+def qnnpack_add_multipliers(sa, sb, s) -> tuple[int, int, int]:
+    """QNNPACK's add, set-up: each input's scale over the output's as an integer multiplier with
+    a common shift (21 bits for the larger ratio)."""
     a_over, b_over = (f32(sa) / f32(s)).item(), (f32(sb) / f32(s)).item()
     shift = 21 - (math.frexp(max(a_over, b_over))[1] - 1)
-    am, bm = round(a_over * 2 ** shift), round(b_over * 2 ** shift)
+    return round(a_over * 2 ** shift), round(b_over * 2 ** shift), shift
+
+
+def add_qnnpack(a, za, b, zb, z, relu, am, bm, shift) -> torch.Tensor:
+    """QNNPACK's quantized add: integer multipliers, then gemmlowp's RoundingDivideByPOT
+    (QNNPACK writes the same rounding as `rem - (acc < 0) > mask >> 1`)."""
     acc = -(am * za + bm * zb) + a.to(torch.int64) * am + b.to(torch.int64) * bm
     return (rounding_divide_by_pot(acc, shift) + z).clamp(z if relu else 0, 255)
 

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 def im2col(xq: torch.Tensor, x_zp: int, kernel, stride, padding, dilation):
     """The sliding windows of uint8 x: [N, C*kh*kw, OH*OW] (padding holds x_zp, i.e. real 0)."""
-    x = F.pad(xq, (padding[1], padding[1], padding[0], padding[0]), value=x_zp)
+    x = F.pad(xq.contiguous(), (padding[1], padding[1], padding[0], padding[0]), value=x_zp)
     span_h, span_w = dilation[0] * (kernel[0] - 1) + 1, dilation[1] * (kernel[1] - 1) + 1
     windows = x.unfold(2, span_h, stride[0]).unfold(3, span_w, stride[1])
     windows = windows[..., ::dilation[0], ::dilation[1]]          # [N, C, OH, OW, kh, kw]

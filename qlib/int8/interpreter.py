@@ -100,10 +100,12 @@ class _Guard(TorchFunctionMode):
             with self:
                 return handler(self.interpreter.ctx, op_key([s[:2] for s in stack], name), *args, **kwargs)
         result = func(*args, **kwargs)
-        if (self.interpreter.ctx.requant == "fixedpoint" and layer is not None
-                and not isinstance(layer, (layers.QuantizeI, layers.DeQuantizeI)) and not layers.is_offline()
-                and isinstance(result, torch.Tensor) and result.is_floating_point()):
-            raise AssertionError(f"{layer.path}: {name}() made a float tensor in fixed-point mode.")
+        if (layer is not None and not layers.is_offline() and isinstance(result, torch.Tensor)
+                and not result.is_quantized and name not in GLUE):
+            if (self.interpreter.ctx.requant == "fixedpoint" and result.is_floating_point()
+                    and not isinstance(layer, (layers.QuantizeI, layers.DeQuantizeI))):
+                raise AssertionError(f"{layer.path}: {name}() made a float tensor in fixed-point mode.")
+            self.interpreter.steps.setdefault(layer.kind, set()).add((name.strip("_"), str(result.dtype).split(".")[-1]))
         return result
 
 
@@ -142,6 +144,7 @@ class Interpreter:
             raise ValueError("The model is in training mode; call .eval() first (Dropout must be off).")
         self.ctx = layers.Context(engine_of(qmodel, engine), profile_of(cpu, int16_saturation), requant)
         self.stack: list = []
+        self.steps: dict = {}   # layer type -> {(torch function, dtype of what it made)}: see arithmetic()
         self.model = _copy_tree(qmodel, "", lambda m, p: layer_for(m, p, self.ctx), self.stack)
 
     @property
@@ -165,6 +168,17 @@ class Interpreter:
                 return self.model(x)
         finally:
             self.ctx.record = None
+
+    def arithmetic(self) -> dict[str, dict[str, list[str]]]:
+        """What the layers computed in the calls so far, by layer type: the torch functions that made
+        integer tensors and those that made float ones ({"integer": [...], "float": [...]}), leaving
+        out constants computed once per layer (multipliers, tables)."""
+        table = {}
+        for kind, steps in self.steps.items():
+            floats = sorted({f"{n} ({d})" for n, d in steps if d.startswith(("float", "bfloat"))})
+            ints = sorted({f"{n} ({d})" for n, d in steps if d.startswith(("int", "uint"))})
+            table[kind] = {"integer": ints, "float": floats}
+        return table
 
     def run_op(self, call: Call):
         """One op of PyTorch's recording (recorder.Call) re-executed on PyTorch's own inputs, for a

@@ -198,8 +198,9 @@ class WeightedI(Interpreted):
         if self.op == "conv":
             geometry.update(kernel=tuple(self.wq.shape[2:]), stride=tuple(m.stride), padding=tuple(m.padding),
                             dilation=tuple(m.dilation))
-        self.arithmetic = dispatch.weighted(self.op, ctx.engine, ctx.cpu, ctx.requant, geometry,
-                                            bool((self.w_zp == 0).all()))
+        self.choose = dispatch.weighted(self.op, ctx.engine, ctx.cpu, ctx.requant, geometry,
+                                        bool((self.w_zp == 0).all()))
+        self.arithmetic = self.choose()  # the kernel of the last call (it may depend on the input's shape)
         self.constants = {}  # fixed-point bias and multipliers, per input scale
 
     def count(self, stats):
@@ -227,8 +228,14 @@ class ConvI(WeightedI):
                                          f"{m.padding_mode!r}; only 'zeros' is supported.")
         self.stride, self.padding, self.dilation = m.stride, m.padding, m.dilation
 
+    def out_hw(self, h, w):
+        kh, kw = self.wq.shape[2:]
+        return tuple((size + 2 * p - d * (k - 1) - 1) // s + 1 for size, p, d, k, s in
+                     zip((h, w), self.padding, self.dilation, (kh, kw), self.stride))
+
     def forward(self, x):
         oc, cg, kh, kw = self.wq.shape
+        self.arithmetic = self.choose(x.shape[0], self.out_hw(*x.shape[-2:]))
         pairs = self.arithmetic.pairs(cg, kh * kw, self.groups) if self.arithmetic.pairs else None
         stats = {}
         acc = integer.conv_accumulate(uint8_of(x), x.q_zero_point(), self.wq, self.w_zp, self.stride,
@@ -241,6 +248,7 @@ class LinearI(WeightedI):
     op = "linear"
 
     def forward(self, x):
+        self.arithmetic = self.choose(x.reshape(-1, x.shape[-1]).shape[0])
         pairs = self.arithmetic.pairs(self.wq.shape[1]) if self.arithmetic.pairs else None
         stats = {}
         acc = integer.linear_accumulate(uint8_of(x), x.q_zero_point(), self.wq, self.w_zp, pairs, stats)

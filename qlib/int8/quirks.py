@@ -30,14 +30,14 @@ def pairs_of(kernel: str, channels: int, taps: int = 1, groups: int = 1):
 
     Measured with all-255 inputs and two weights of 127 at chosen places: fbgemm pairs
     neighbours in its (tap, channel) order, channel fastest (K = kh*kw*C/G), depthwise and
-    linear included; oneDNN pairs neighbouring channels within one tap, and its depthwise and
-    C/G = 6 grouped kernels did not saturate at all.
+    linear included, on every kernel path; oneDNN pairs neighbouring channels within one tap
+    (onednn.py says which of its kernels saturate at all).
     """
     k = channels * taps
     if kernel == "fbgemm":
         f = torch.arange(k)
         order = (f % channels) * taps + f // channels            # fbgemm position -> im2col index
-    elif kernel == "onednn" and (groups == 1 or channels % 4 == 0):
+    elif kernel == "onednn":
         c = torch.arange(channels + channels % 2)
         order = torch.stack([torch.where(c < channels, c * taps + t, k) for t in range(taps)]).reshape(-1)
     else:

@@ -85,25 +85,30 @@ def requantize_qnnpack(acc, in_s, w_s, bias, out_s, out_zp, relu, per_channel_we
 
 
 def requantize_onednn(acc, in_s, w_s, bias, out_s, out_zp, relu, per_channel_weights=True,
-                      scales="combined") -> torch.Tensor:
+                      scales="combined", linear=False) -> torch.Tensor:
     """oneDNN: scale the accumulator to real units, add the float bias, ReLU, then the zero point.
 
-    PyTorch hands oneDNN the reciprocals of the scales (hence the double reciprocal below).
-    `scales="combined"` (jit and AMX kernels) multiplies once by f32(s_in * s_w);
-    `"one_by_one"` (brgemm kernels with VNNI) multiplies by s_in, then by s_w: the rounding
-    after the first product moves an output by one step now and then.
+    PyTorch hands oneDNN reciprocals of the scales, which oneDNN inverts back (hence the double
+    reciprocals; a linear layer's weight scales go through the same round trip). The kernels
+    differ in how they apply the input and weight scales (onednn.py says which kernel does what):
+    "combined" multiplies once by f32(s_in * s_w); "one_by_one" by s_in, then by s_w; "reference"
+    as one_by_one, but it divides by the output scale instead of multiplying by its reciprocal.
     """
     s = f32(1.0) / f32(1.0 / in_s)
-    if scales == "one_by_one":
-        t = acc.to(F32).mul_(s).mul_(per_channel(w_s.to(F32), acc))
+    w = w_s.to(F32)
+    if linear:
+        w = f32(1.0) / (f32(1.0) / w)
+    if scales == "combined":
+        t = acc.to(F32).mul_(per_channel(s * w, acc))
     else:
-        t = acc.to(F32).mul_(per_channel(s * w_s.to(F32), acc))
+        t = acc.to(F32).mul_(s).mul_(per_channel(w, acc))
     if bias is not None:
         t += per_channel(bias.to(F32), acc)
     if relu:
         t.clamp_min_(0)
-    d = f32(1.0) / (f32(1.0) / f32(1.0 / out_s))
-    return rne(t.mul_(d).add_(f32(out_zp))).clamp_(out_zp if relu else 0, 255)
+    dst = f32(1.0) / f32(1.0 / out_s)
+    t = t.div_(dst) if scales == "reference" else t.mul_(f32(1.0) / dst)
+    return rne(t.add_(f32(out_zp))).clamp_(out_zp if relu else 0, 255)
 
 
 # The three formulas by engine name, for tables that put them side by side (notebook 08).
