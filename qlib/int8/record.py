@@ -97,7 +97,7 @@ def record_models(out: Path, search: int, telling: int = 8) -> None:
             with torch.inference_mode():
                 logits = [_logit_ints(q, images[i:i + 500]) for i in range(0, len(images), 500)]
             hard = telling_images(q, engine, images[:search], profile)
-            chosen = sorted(set(range(8)) | set(hard[:telling]))
+            chosen = sorted(set(range(8)) | set([i for i in hard if i >= 8][:telling]))
             x = images[chosen]
             y, rec = record_pytorch(q, x, engine)
             last = logits[0]
