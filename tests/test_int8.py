@@ -9,13 +9,12 @@ from torch.ao.nn.quantized import FloatFunctional
 from torch.ao.quantization import DeQuantStub, QuantStub, default_qconfig, get_default_qconfig
 
 from qlib import data, int8, models, pretrained, ptq
-from qlib.int8 import recordings
 
 LIVE = int8.CpuProfile.detect()
 # On a CPU kind the course holds no recording of, the live checks still run and report their
 # mismatch counts, as expected failures: nothing says the interpreter knows that CPU's kernels.
 live_exact = pytest.mark.xfail(
-    LIVE.kind not in recordings.recorded_kinds(), strict=False,
+    not int8.checked_here(LIVE), strict=False,
     reason=f"CPU kind {LIVE.kind!r} has no recording in tests/data/kernel-recordings: the interpreter "
            "follows kernels it was never checked against here (record it: python -m qlib.int8.record DIR)")
 

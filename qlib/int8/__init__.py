@@ -22,7 +22,7 @@ Reading order (the integer path of one layer reads in one sitting: 1 -> 2 -> 3):
 10. recordings.py, record.py, replay.py   what PyTorch computed on other CPUs, kept and replayed
 """
 
-from .compare import compare_layers, trace
+from .compare import arithmetic_summary, checked_here, claim_exact, compare_layers, trace
 from .cpu import KINDS, CpuProfile
 from .dispatch import ENGINES, REQUANT_MODES
 from .elementwise import add_float, add_qnnpack, dequantize, mul_float, quantize
@@ -34,7 +34,7 @@ from .layers import UnsupportedModuleError
 from .quirks import pairs_of, scalar_tail
 from .requantize import REQUANTIZE, requantize_fbgemm, requantize_onednn, requantize_qnnpack
 
-__all__ = ["Interpreter", "run", "compare_layers", "trace", "engine_of", "CpuProfile", "KINDS", "ENGINES",
+__all__ = ["Interpreter", "run", "compare_layers", "trace", "checked_here", "claim_exact", "arithmetic_summary", "engine_of", "CpuProfile", "KINDS", "ENGINES",
            "REQUANT_MODES", "UnsupportedModuleError", "quantize", "dequantize", "im2col", "conv_accumulate",
            "linear_accumulate", "requantize_fbgemm", "requantize_qnnpack", "requantize_onednn", "REQUANTIZE",
            "quantize_multiplier", "saturating_rounding_doubling_high_mul", "rounding_divide_by_pot",

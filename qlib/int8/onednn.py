@@ -65,7 +65,7 @@ def conv_kernel(isa: str, geometry: dict, batch: int, out_hw: tuple, threads: in
         return Kernel("brdgmm_dw:avx512_core_vnni", "one_by_one", False)
     oh, ow = out_hw
     small = oh * ow <= 4 and cg <= 512 and batch * groups * cg * ocg <= (L1_BYTES // 2 if one_by_one else L1_BYTES)
-    if small or (one_by_one and not (cg % 4 == 0 and (cg <= 16 or cg % 16 == 0))):
+    if small or (one_by_one and cg % 4):       # (1x1, cg % 4 and cg > 32: "jit:avx10_1_512_amx", one by one too)
         return Kernel(("brgconv_1x1" if one_by_one else "brg_conv_fwd") + ":avx512_core_vnni", "one_by_one", False)
     if one_by_one:
         per_thread = threads > 1 and batch == 1 and cg * oh <= 28 * 1024 and ocg * oh <= 14 * 1024

@@ -1,0 +1,100 @@
+"""What PyTorch computed on other CPUs, replayed by the interpreter with those CPUs' profiles.
+
+tests/data/kernel-recordings/<cpu-kind>/ holds compact recordings (qlib.int8.record, then
+qlib.int8.compact); each folder's manifest.json says where and how it was recorded. Every file
+is replayed on every machine: this is how the suite checks CPU kinds it does not run on.
+"""
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from qlib.int8 import recordings, replay
+from qlib.int8.cpu import KINDS
+
+ROOT = recordings.course_recordings()
+FILES = sorted(p for kind in recordings.recorded_kinds() for p in recordings.recording_files(ROOT / kind))
+
+
+def test_the_course_holds_recordings_of_several_cpu_kinds():
+    kinds = recordings.recorded_kinds()
+    assert {"avx512-vnni", "amx"} <= set(kinds), kinds
+    total = sum(p.stat().st_size for p in ROOT.rglob("*") if p.is_file())
+    assert total < 25 * 2 ** 20, f"recordings take {total / 2 ** 20:.1f} MB (limit 25)"
+    for kind in kinds:
+        manifest = json.loads((ROOT / kind / "manifest.json").read_text())
+        assert manifest["note"] and set(manifest["files"]) == {p.name for p in recordings.recording_files(ROOT / kind)}
+
+
+@pytest.mark.parametrize("path", FILES, ids=[f"{p.parent.name}/{p.name.split('.')[0]}" for p in FILES])
+def test_recording_replays_exactly(path):
+    outcome = replay.replay_file(path)
+    print(outcome.line())
+    assert outcome.exact, outcome.line()
+
+
+def _seednet_onednn(kind):
+    path = ROOT / kind / "model-seednet-fmnist-onednn.pt.xz"
+    return recordings.load(path)
+
+
+def test_the_profile_matters(tmp_path):
+    """Replayed as another CPU kind, a recording is not exact: the replay tests can fail."""
+    rec = _seednet_onednn("avx512-vnni")            # oneDNN with 8-bit activations, one-by-one scales
+    wrong = dict(rec, cpu={**rec["cpu"], "profile": {**vars(KINDS["avx2"]), "kind": "avx2"}})
+    assert not replay.replay_model(wrong, "as avx2").exact
+    assert replay.replay_model(rec, "as recorded").exact
+
+
+def test_int16_saturation_is_what_makes_non_vnni_onednn_exact():
+    """oneDNN without VNNI clips pairs of products to int16 (8-bit activations, onednn's own qconfig):
+    exact int32 sums are not what the kernel computed; the emulated pairs are."""
+    if "avx2" not in recordings.recorded_kinds():
+        pytest.fail("the AVX2 recording is missing from tests/data/kernel-recordings")
+    rec = _seednet_onednn("avx2")
+    profile = recordings.profile_of(rec["cpu"])
+    assert profile.onednn_int16_pairs
+    plain = dict(rec, cpu={**rec["cpu"], "profile": {**vars(profile), "int16_saturation": False}})
+    assert not replay.replay_model(plain, "no saturation").exact
+    assert replay.replay_model(rec, "as recorded").exact
+
+
+def test_a_changed_output_is_caught(tmp_path):
+    source = ROOT / "avx512-vnni" / "add-x86.pt.xz"
+    rec = recordings.load(source)
+    entry = next(a for a in rec["adds"] if isinstance(a["output"], torch.Tensor))
+    entry["output"] = entry["output"].clone()
+    entry["output"].view(-1)[0] ^= 1
+    recordings.save(rec, tmp_path / "add-x86.pt.xz")
+    outcome = replay.replay_file(tmp_path / "add-x86.pt.xz")
+    assert not outcome.exact and outcome.mismatches == 1
+
+
+def test_a_damaged_file_is_refused(tmp_path):
+    folder = tmp_path / "kind"
+    shutil.copytree(ROOT / "avx512-vnni", folder)
+    target = folder / "add-x86.pt.xz"
+    target.write_bytes(target.read_bytes()[:-10] + b"0123456789")
+    with pytest.raises(recordings.RecordingError, match="sha256"):
+        recordings.load(target)
+    (folder / "manifest.json").unlink()
+    with pytest.raises(recordings.RecordingError, match="not a readable recording"):
+        recordings.load(target)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(recordings.RecordingError, match="no recording"):
+        recordings.recording_files(tmp_path / "empty")
+
+
+def test_record_compact_replay_round_trip(tmp_path):
+    """The recorder's output, compacted, replays exactly on the machine that recorded it."""
+    from qlib.int8 import compact, record
+
+    (tmp_path / "raw").mkdir()
+    record.record_adds(tmp_path / "raw", "qnnpack")
+    compact.compact_folder(tmp_path / "raw", tmp_path / "small", note="test")
+    outcomes = replay.replay(tmp_path / "small", echo=lambda line: None)
+    assert [o.exact for o in outcomes] == [True]
+    assert recordings.profile_of(recordings.load(tmp_path / "small" / "add-qnnpack.pt.xz")["cpu"]).kind == \
+        recordings.profile_of(recordings.cpu_info()).kind
