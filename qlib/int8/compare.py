@@ -75,7 +75,8 @@ def compare_layers(qmodel: nn.Module, x: torch.Tensor, requant: str = "exact", e
 
 def trace(layer: WeightedI, q_in: torch.Tensor, in_scale: float, in_zp: int, index: tuple) -> dict:
     """One output of a conv / linear layer worked out with Python integers, step by step: the
-    numbers a learner can check by hand, requantized by the arithmetic the layer follows.
+    numbers a learner can check by hand (acc = sum (x - x_zp) * w, eq. 5 of notebook 08; the real
+    value (acc + bias) M + z), then requantized by the kernel the layer follows (its float32 steps).
 
     q_in: the layer's input integers for one image ([C, H, W] or [features]); index: (oc, y, x)
     for a conv, (o,) for a linear layer.
@@ -101,9 +102,8 @@ def trace(layer: WeightedI, q_in: torch.Tensor, in_scale: float, in_zp: int, ind
     q = layer.arithmetic.requantize(torch.tensor([[acc]], dtype=torch.int32), in_scale, layer.w_scale[one],
                                     None if layer.bias is None else layer.bias[one], layer.scale,
                                     layer.zero_point, layer.relu, layer.per_channel)
-    return {"inputs": len(xs), "acc = sum (x - x_zp) * w": acc, "bias / (s_x * s_w)": bias,
-            "M = s_x * s_w / s_out": m, "(acc + bias) * M + z": (acc + bias) * m + layer.zero_point,
-            f"requantized ({layer.arithmetic.library})": int(q)}
+    return {"inputs": len(xs), "acc": acc, "bias / (s_x s_w)": bias, "M = s_x s_w / s_out": m,
+            "(acc + bias) M + z": (acc + bias) * m + layer.zero_point, "requantized": int(q)}
 
 
 def checked_here(cpu: CpuProfile | None = None) -> bool:
