@@ -30,33 +30,32 @@ class UnsupportedModuleError(TypeError):
 
 
 @contextlib.contextmanager
-def inside(module=None):
-    """Inside interpreter layers the interpreter's guard steps aside (they only read the integers)."""
-    previous = getattr(_LOCAL, "module", None)
-    _LOCAL.module = module
+def _setting(name: str, value):
+    """Set a thread-local flag of the interpreter for the duration of a block."""
+    previous = getattr(_LOCAL, name, None)
+    setattr(_LOCAL, name, value)
     try:
         yield
     finally:
-        _LOCAL.module = previous
+        setattr(_LOCAL, name, previous)
+
+
+def inside(module=None):
+    """Inside interpreter layers the interpreter's guard steps aside (they only read the integers)."""
+    return _setting("module", module)
 
 
 def current_layer():
     return getattr(_LOCAL, "module", None)
 
 
-@contextlib.contextmanager
 def offline():
-    """Constants computed once per layer (multipliers, int32 biases): float allowed here."""
-    previous = getattr(_LOCAL, "offline", False)
-    _LOCAL.offline = True
-    try:
-        yield
-    finally:
-        _LOCAL.offline = previous
+    """Constants computed once per layer (multipliers, int32 biases, tables): float allowed here."""
+    return _setting("offline", True)
 
 
 def is_offline() -> bool:
-    return getattr(_LOCAL, "offline", False)
+    return bool(getattr(_LOCAL, "offline", False))
 
 
 # --- integers in and out of PyTorch's quantized tensors -------------------------------------------------
