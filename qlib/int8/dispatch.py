@@ -20,7 +20,7 @@ from typing import Callable
 
 import torch
 
-from . import elementwise, fixedpoint, onednn, quirks, requantize
+from . import elementwise, fixedpoint, integer, onednn, quirks, requantize
 from .cpu import CpuProfile
 
 ENGINES = ("fbgemm", "x86", "qnnpack", "onednn")
@@ -146,24 +146,25 @@ def cat(engine: str, cpu: CpuProfile, requant: str = "exact") -> Callable:
 
 
 def average(engine: str, cpu: CpuProfile, requant: str = "exact") -> Callable:
-    """Average pooling's division: f(acc, raw_sum, divisor, window, scale, zp, nhwc) -> ints.
-    acc = sum of (q - zp) over the window's valid part, raw_sum = sum of q; divisor: what ATen
-    divides by (count_include_pad / divisor_override), window: kh * kw (what QNNPACK divides by)."""
-    def divide(acc, raw_sum, divisor, window, scale, zp, nhwc, qnnpack_kernel):
+    """Average pooling's division: f(acc, divisor, window, scale, zp, nhwc, ceil_mode) -> ints.
+    acc = sum of (q - zp) over the window's valid part; divisor: what ATen divides by
+    (count_include_pad / divisor_override), window: kh * kw (what QNNPACK divides by)."""
+    def divide(acc, divisor, window, scale, zp, nhwc, ceil_mode):
         if requant == "fixedpoint":
             return (fixedpoint.divide_fixedpoint(acc, divisor) + zp).clamp(0, 255)
-        if qnnpack_kernel:
+        if uses_qnnpack_pooling(engine, "avg", ceil_mode):
             return elementwise.avg_pool_qnnpack(acc, scale, window, zp)
         return elementwise.avg_pool_nhwc(acc, divisor, zp) if nhwc else elementwise.avg_pool_nchw(acc, divisor, zp)
     return divide
 
 
 def adaptive_average(engine: str, cpu: CpuProfile, requant: str = "exact") -> Callable:
-    """One window of adaptive average pooling: f(acc, raw_sum, kh, kw, scale, zp, nhwc, qnnpack_kernel)."""
-    def divide(acc, raw_sum, kh, kw, scale, zp, nhwc, qnnpack_kernel):
+    """One window of adaptive average pooling: f(acc, raw_sum, kh, kw, scale, zp, nhwc, divides);
+    `divides`: the output size divides the input's (QNNPACK takes those, as plain pooling)."""
+    def divide(acc, raw_sum, kh, kw, scale, zp, nhwc, divides):
         if requant == "fixedpoint":
             return (fixedpoint.divide_fixedpoint(acc, torch.tensor(kh * kw)) + zp).clamp(0, 255)
-        if qnnpack_kernel:
+        if uses_qnnpack_pooling(engine, "adaptive", divides=divides):
             return elementwise.avg_pool_qnnpack(acc, scale, kh * kw, zp)
         if nhwc:
             return elementwise.adaptive_avg_nhwc(acc, kh * kw, zp)
@@ -177,6 +178,28 @@ def uses_qnnpack_pooling(engine: str, op: str, ceil_mode: bool = False, divides:
     if engine != "qnnpack":
         return False
     return divides if op == "adaptive" else not ceil_mode
+
+
+def max_windows(engine: str, cpu: CpuProfile, requant: str = "exact") -> Callable:
+    """Max pooling's windows: f(ints, pool module) -> [..., OH, OW, kh, kw]. QNNPACK clamps taps
+    outside the image to its edge instead of skipping them (it matters with dilation and padding)."""
+    def windows(q, p):
+        if requant == "exact" and uses_qnnpack_pooling(engine, "max", p.ceil_mode):
+            return integer.edge_clamped_windows(q, p.kernel_size, p.stride, p.padding, p.dilation)
+        return integer.pool_windows(q, p.kernel_size, p.stride, p.padding, p.dilation, p.ceil_mode, -1, -1)
+    return windows
+
+
+def clamp(engine: str, cpu: CpuProfile, requant: str = "exact") -> Callable:
+    """clamp / hardtanh / relu6 with quantized bounds: f(ints, low, high, nhwc) -> (ints, scrambled).
+    Under engine qnnpack a channels_last input comes back with its bytes in N, H, W, C order but
+    labelled N, C, H, W (a PyTorch bug, measured): so does the interpreter's."""
+    def apply(q, low, high, nhwc):
+        r = q.clamp(low, high)
+        if engine == "qnnpack" and requant == "exact" and nhwc:
+            return r.permute(0, 2, 3, 1).reshape(-1).view(r.shape), True
+        return r, False
+    return apply
 
 
 def mean(engine: str, cpu: CpuProfile, requant: str = "exact") -> Callable:

@@ -13,12 +13,6 @@ from . import dispatch, elementwise, integer
 from .layers import Interpreted, UnsupportedModuleError, inside, is_channels_last, values
 
 
-def _scrambled_by_qnnpack(r: torch.Tensor) -> torch.Tensor:
-    """What engine qnnpack returns for clamp / hardtanh / relu6 of a channels_last tensor: the right
-    bytes in N, H, W, C order, labelled as a contiguous N, C, H, W tensor (a PyTorch bug, measured)."""
-    return r.permute(0, 2, 3, 1).reshape(-1).view(r.shape)
-
-
 class ReLUI(Interpreted):
     """ReLU on int8: max(q, zero point); scale and zero point unchanged."""
 
@@ -33,16 +27,15 @@ class ClampI(Interpreted):
     def __init__(self, path, m, ctx, low=None, high=None):
         super().__init__(path, m, ctx)
         self.low, self.high = low, high
+        self.apply = dispatch.clamp(ctx.engine, ctx.cpu, ctx.requant)
 
     def forward(self, x):
         s, zp = x.q_scale(), x.q_zero_point()
-        q = values(x)
         low = 0 if self.low is None else elementwise.quantize_bound(self.low, s, zp)
         high = 255 if self.high is None else elementwise.quantize_bound(self.high, s, zp)
-        r = q.clamp(low, high)
-        if self.ctx.engine == "qnnpack" and self.ctx.requant == "exact" and is_channels_last(x) and not x.is_contiguous():
-            return self.emit(_scrambled_by_qnnpack(r), s, zp)
-        return self.emit(r, s, zp, like=x)
+        nhwc = is_channels_last(x) and not x.is_contiguous()
+        r, scrambled = self.apply(values(x), low, high, nhwc)
+        return self.emit(r, s, zp, like=None if scrambled else x)    # scrambled: labelled contiguous
 
 
 class ActivationI(Interpreted):
@@ -72,14 +65,12 @@ class MaxPoolI(PoolI):
     clamps taps outside the image to its edge instead of skipping them (it matters only with
     dilation > 1 and padding)."""
 
+    def __init__(self, path, m, ctx):
+        super().__init__(path, m, ctx)
+        self.windows = dispatch.max_windows(ctx.engine, ctx.cpu, ctx.requant)
+
     def forward(self, x):
-        p = self.pool
-        q = values(x)
-        qnnpack = dispatch.uses_qnnpack_pooling(self.ctx.engine, "max", p.ceil_mode)
-        if qnnpack and self.ctx.requant == "exact":
-            windows = integer.edge_clamped_windows(q, p.kernel_size, p.stride, p.padding, p.dilation)
-        else:
-            windows = integer.pool_windows(q, p.kernel_size, p.stride, p.padding, p.dilation, p.ceil_mode, -1, -1)
+        windows = self.windows(values(x), self.pool)
         return self.emit(windows.amax((-1, -2)), x.q_scale(), x.q_zero_point(), like=x)
 
 
@@ -104,8 +95,7 @@ class AvgPoolI(PoolI):
         if p.divisor_override:
             divisor = torch.full_like(divisor, p.divisor_override)
         kh, kw = integer.pair(p.kernel_size)
-        qnnpack = dispatch.uses_qnnpack_pooling(self.ctx.engine, "avg", p.ceil_mode)
-        out = self.divide(acc, None, divisor.expand_as(acc), kh * kw, x.q_scale(), zp, is_channels_last(x), qnnpack)
+        out = self.divide(acc, divisor.expand_as(acc), kh * kw, x.q_scale(), zp, is_channels_last(x), p.ceil_mode)
         return self.emit(out, x.q_scale(), zp, like=x)
 
 
@@ -119,8 +109,7 @@ class AdaptiveAvgPoolI(PoolI):
     def forward(self, x):
         h, w = x.shape[-2:]
         oh, ow = (v if v is not None else d for v, d in zip(integer.pair(self.pool.output_size), (h, w)))
-        qnnpack = dispatch.uses_qnnpack_pooling(self.ctx.engine, "adaptive",
-                                                divides=(oh, ow) != (h, w) and h % oh == 0 and w % ow == 0)
+        divides = (oh, ow) != (h, w) and h % oh == 0 and w % ow == 0
         q, s_in, zp, nhwc = values(x), x.q_scale(), x.q_zero_point(), is_channels_last(x)
         rows = []
         for h0, h1 in integer.adaptive_windows(h, oh):
@@ -128,7 +117,7 @@ class AdaptiveAvgPoolI(PoolI):
             for w0, w1 in integer.adaptive_windows(w, ow):
                 raw = q[:, :, h0:h1, w0:w1].sum((-1, -2))
                 cols.append(self.divide(raw - zp * (h1 - h0) * (w1 - w0), raw, h1 - h0, w1 - w0, s_in, zp, nhwc,
-                                        qnnpack))
+                                        divides))
             rows.append(torch.stack(cols, -1))
         return self.emit(torch.stack(rows, -2), s_in, zp, like=x)
 
