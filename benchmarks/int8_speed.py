@@ -82,7 +82,9 @@ def main(argv=None) -> int:
         if args.fixedpoint:
             print(f"\n{name}: fixed-point requantization vs PyTorch, int8 outputs per layer")
             print(layers.to_string(index=False))
-    print(f"\n{torch.get_num_threads()} threads, batch {args.batch_size}")
+    cpu = int8.CpuProfile.detect()
+    print(f"\nCPU kind {cpu.kind!r} ({cpu.description}); ATen {cpu.aten}, FBGEMM {cpu.fbgemm}, "
+          f"oneDNN {cpu.onednn}; {torch.get_num_threads()} threads, batch {args.batch_size}")
     print(pd.DataFrame(rows).to_string(index=False))
     return 0
 
