@@ -7,19 +7,20 @@ computes it on a given CPU: `run(qmodel, x)` equals `qmodel(x)` bit for bit (`to
 `requant="fixedpoint"` swaps the engines' float32 requantization for the integer-only one of
 Jacob et al. (2018) to measure what it changes. Notebook 08 teaches it.
 
-Reading order (the integer path of one layer reads in one sitting: 1 -> 2 -> 3):
+Reading order (the integer path of one layer reads in one sitting: 1 -> 2 -> 7):
 
-1. integer.py     the exact int32 accumulators (im2col, conv / linear sums, pooling windows)
-2. requantize.py  each engine's float32 step from int32 back to uint8 (fbgemm, QNNPACK, oneDNN)
-3. fixedpoint.py  the paper's integer-only requantization (M = M0 * 2**-n), add, mul, division
-4. elementwise.py add, mul, cat, average pooling as ATen and QNNPACK compute them
-5. cpu.py         the CPU profile: which kernels a CPU kind runs; quirks.py: what they do
-                  differently (int16 pairs, scalar tails, lanes)
-6. dispatch.py    the one place mapping (op, engine, CPU, requant) to the functions above
-7. layers.py      one interpreter layer per converted module; functional.py: torch functions
-8. interpreter.py the Interpreter: the model's own forward() over those layers, under a guard
+1. integer.py      the exact int32 accumulators (im2col, conv / linear sums, pooling windows)
+2. requantize.py   each engine's float32 step from int32 back to uint8 (FBGEMM, QNNPACK, oneDNN)
+3. fixedpoint.py   the paper's integer-only requantization (M = M0 * 2**-n), add, mul, division
+4. elementwise.py  add, mul, cat, pooling, mean, activations as ATen and QNNPACK compute them
+5. cpu.py          the CPU profile: which kernels a CPU kind runs; quirks.py: what they do
+                   differently (int16 pairs, scalar tails, lanes); onednn.py: oneDNN's kernels
+6. dispatch.py     the one place mapping (op, engine, CPU, requant) to the functions above
+7. layers.py       the layers with weights and the stubs; ops.py: the others; functional.py:
+                   torch functions called on int8 activations
+8. interpreter.py  the Interpreter: the model's own forward() over those layers, under a guard
 9. recorder.py, compare.py   PyTorch's side: every op it ran, and the comparison with ours
-10. recordings.py, record.py, replay.py   what PyTorch computed on other CPUs, kept and replayed
+10. recordings.py, record.py, replay.py, compact.py   what PyTorch computed on other CPUs
 """
 
 from .compare import arithmetic_summary, checked_here, claim_exact, compare_layers, trace

@@ -189,6 +189,9 @@ class Interpreter:
         self.ctx.record = None
         with torch.inference_mode(), _Guard(self):
             if call.type == "function":
+                if call.method not in HANDLERS:
+                    raise layers.UnsupportedModuleError(f"{call.key}: the interpreter has no integer form of "
+                                                        f"{call.method}().")
                 leaf = call.key.split("#")[0] == call.path
                 self.stack.append((call.path, leaf, type(module).__name__))
                 return HANDLERS[call.method](self.ctx, op_key([self.stack[-1][:2]], call.method),
