@@ -210,7 +210,7 @@ def mean(engine: str, cpu: CpuProfile, requant: str = "exact") -> Callable:
         if requant == "fixedpoint":
             return (fixedpoint.divide_fixedpoint(acc, torch.tensor(h * w)) + zp).clamp(0, 255)
         if engine == "qnnpack":
-            return elementwise.mean_qnnpack(acc, scale, h * w, zp)
+            return elementwise.avg_pool_qnnpack(acc, scale, h * w, zp)   # QNNPACK's global average pooling
         if not nhwc:
             return elementwise.mean_inner(q.to(torch.int64).sum((2, 3)), h * w)
         return elementwise.mean_float(q, scale, zp)

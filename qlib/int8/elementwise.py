@@ -213,11 +213,6 @@ def cascade_sum(x: torch.Tensor, vector: int = 8) -> torch.Tensor:
     return out
 
 
-def mean_qnnpack(acc, scale, count: int, zp) -> torch.Tensor:
-    """QNNPACK global average pooling: as avg_pool_qnnpack over the whole image."""
-    return avg_pool_qnnpack(acc, scale, count, zp)
-
-
 # --- activations -----------------------------------------------------------------------------------------
 
 

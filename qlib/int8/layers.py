@@ -235,7 +235,7 @@ class ConvI(WeightedI):
     def forward(self, x):
         oc, cg, kh, kw = self.wq.shape
         self.arithmetic = self.choose(x.shape[0], self.out_hw(*x.shape[-2:]))
-        pairs = self.arithmetic.pairs(cg, kh * kw, self.groups) if self.arithmetic.pairs else None
+        pairs = self.arithmetic.pairs(cg, kh * kw) if self.arithmetic.pairs else None
         stats = {}
         acc = integer.conv_accumulate(uint8_of(x), x.q_zero_point(), self.wq, self.w_zp, self.stride,
                                       self.padding, self.dilation, self.groups, pairs, stats)

@@ -24,7 +24,7 @@ from .cpu import CpuProfile
 # --- 1. int16 pairs -------------------------------------------------------------------------------
 
 
-def pairs_of(kernel: str, channels: int, taps: int = 1, groups: int = 1):
+def pairs_of(kernel: str, channels: int, taps: int = 1):
     """Which products an AVX2 u8 x s8 kernel adds together in int16 (vpmaddubsw), as index
     pairs into K = channels * taps in im2col's (channel, tap) order; index K means "nothing".
 
