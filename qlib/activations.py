@@ -1,7 +1,8 @@
-"""Record what layers of a float model output, batch by batch, with forward hooks.
+"""Record what layers of a float model output, batch by batch (qlib.recorder's forward hooks).
 
 Observers only ever see these tensors, so recording them lets a notebook replay, by hand, what
-each observer would compute during calibration. Hooks are always removed, even on error.
+each observer would compute during calibration (notebook 02). Hooks are always removed, even on
+error.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from typing import Iterable
 
 import torch
 from torch import nn
+
+from .recorder import recording
 
 
 def record_outputs(model: nn.Module, layer_names: Iterable[str], batches: Iterable,
@@ -25,21 +28,9 @@ def record_outputs(model: nn.Module, layer_names: Iterable[str], batches: Iterab
         some = ", ".join(name for name in list(modules)[1:8])
         raise ValueError(f"{model.__class__.__name__} has no submodule named {missing}; names look "
                          f"like: {some}, ... (see model.named_modules()).")
-    recorded: dict[str, list[torch.Tensor]] = {name: [] for name in layer_names}
-
-    def hook_for(name):
-        def hook(module, inputs, output):
-            recorded[name].append(output.detach().clone())
-        return hook
-
-    handles = [modules[name].register_forward_hook(hook_for(name)) for name in layer_names]
-    try:
-        with torch.inference_mode():
-            for index, batch in enumerate(batches):
-                if num_batches is not None and index >= num_batches:
-                    break
-                model(batch[0] if isinstance(batch, (tuple, list)) else batch)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return recorded
+    with recording(model, layer_names) as rec, torch.inference_mode():
+        for index, batch in enumerate(batches):
+            if num_batches is not None and index >= num_batches:
+                break
+            model(batch[0] if isinstance(batch, (tuple, list)) else batch)
+    return {name: [call.output for call in rec.calls if call.path == name] for name in layer_names}

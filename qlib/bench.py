@@ -4,7 +4,7 @@ Latency is the median of repeated timed forward passes after a warm-up, with tor
 thread count fixed (and reported), because a CPU shared with other work gives noisy single
 timings and thread count changes the answer more than anything else. Ratios INT8/FP32 are only
 meaningful within one run on one machine, so the script measures both sides every time.
-A model converted under one quantized engine runs with that engine active (see qlib.ptq).
+A model converted under one quantized engine runs with that engine active (see qlib.engines).
 """
 
 from __future__ import annotations
@@ -21,51 +21,13 @@ from pathlib import Path
 import pandas as pd
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
-from .metrics import accuracy
+from .metrics import as_tensors, evaluate
 from .paths import REPO_ROOT
-from .ptq import engine_active, engine_of
+from .engines import engine_active, engine_of
 
 RESULTS = REPO_ROOT / "benchmarks" / "results.md"
-
-
-def as_tensors(data) -> tuple[torch.Tensor, torch.Tensor]:
-    """(images, labels) from a pair of tensors, a data set with `.tensors()`, a Subset of one, or
-    any Dataset / DataLoader of (image, label) items."""
-    if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
-        return data[0], data[1]
-    if hasattr(data, "tensors"):
-        return data.tensors()
-    if isinstance(data, Subset) and hasattr(data.dataset, "tensors"):
-        images, labels = data.dataset.tensors()
-        index = torch.as_tensor(data.indices)
-        return images[index], labels[index]
-    if isinstance(data, Dataset):
-        data = DataLoader(data, batch_size=256)
-    if isinstance(data, DataLoader):
-        batches = list(data)
-        return torch.cat([b[0] for b in batches]), torch.cat([torch.as_tensor(b[1]) for b in batches])
-    raise TypeError(f"Cannot read images and labels from {type(data).__name__}: pass (images, labels) "
-                    "tensors, a Dataset of (image, label) items, or a DataLoader.")
-
-
-def logits(model: nn.Module, images: torch.Tensor, batch_size: int = 500, progress: bool = True) -> torch.Tensor:
-    """The model's outputs for `images`, in batches (memory stays small), under its own engine."""
-    model.eval()
-    with engine_active(engine_of(model)), torch.inference_mode():
-        return torch.cat([model(images[start:start + batch_size])
-                          for start in tqdm(range(0, len(images), batch_size), desc="evaluating",
-                                            unit="batch", disable=not progress)])
-
-
-def evaluate(model: nn.Module, data, batch_size: int = 500, progress: bool = True) -> float:
-    """Top-1 accuracy in percent of `model` (eval mode, its own quantized engine) on `data`."""
-    images, labels = as_tensors(data)
-    if len(images) == 0:
-        raise ValueError("No images to evaluate on.")
-    return accuracy(logits(model, images, batch_size, progress).argmax(1), labels)
 
 
 @contextlib.contextmanager
@@ -126,9 +88,10 @@ def benchmark(names=("seednet-fmnist", "resnet18-fmnist"), engines=None, calibra
     Accuracy is on the full test split unless `test_images` asks for a (seeded) subset.
     """
     from .data import calibration_subset, evaluation_subset
-    from .inspect import size_bytes
+    from .inspection import size_bytes
     from .pretrained import available, load
-    from .ptq import available_engines, quantize_static
+    from .engines import available_engines
+    from .ptq import quantize_static
 
     engines = list(engines or available_engines())
     test = as_tensors(evaluation_subset(test_images))

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from qlib import bench, pretrained, ptq
+from qlib import bench, engines, metrics, pretrained
 from qlib.data import evaluation_subset, fashion_mnist
 
 
@@ -26,29 +26,29 @@ class _Constant(nn.Module):
 def test_evaluate_counts_correct_predictions():
     images, labels = fashion_mnist("test").tensors()
     expected = 100.0 * (labels == 3).sum().item() / len(labels)
-    assert bench.evaluate(_Constant(3), fashion_mnist("test"), progress=False) == expected
-    assert bench.evaluate(_Constant(3), (images[:700], labels[:700]), batch_size=256, progress=False) == \
+    assert metrics.evaluate(_Constant(3), fashion_mnist("test"), progress=False) == expected
+    assert metrics.evaluate(_Constant(3), (images[:700], labels[:700]), batch_size=256, progress=False) == \
         100.0 * (labels[:700] == 3).sum().item() / 700
 
 
 def test_subsets_and_loaders_give_the_same_images_as_items():
     subset = evaluation_subset(50, seed=1)
-    images, labels = bench.as_tensors(subset)
+    images, labels = metrics.as_tensors(subset)
     for i in (0, 17, 49):
         image, label = subset[i]
         assert torch.equal(images[i], image) and labels[i] == label
     loader = torch.utils.data.DataLoader(subset, batch_size=16)
-    from_loader = bench.as_tensors(loader)
+    from_loader = metrics.as_tensors(loader)
     assert torch.equal(from_loader[0], images) and torch.equal(from_loader[1], labels)
     with pytest.raises(TypeError, match="images and labels"):
-        bench.as_tensors(42)
+        metrics.as_tensors(42)
 
 
 def test_a_model_runs_under_the_engine_it_was_converted_with():
     model = _Constant()
     model.qengine = "qnnpack"
-    ptq.use_engine("x86")
-    bench.evaluate(model, evaluation_subset(20), progress=False)
+    engines.use_engine("x86")
+    metrics.evaluate(model, evaluation_subset(20), progress=False)
     bench.latency(model, batch_size=2, warmup=1, repeats=2)
     assert set(model.engines) == {"qnnpack"} and torch.backends.quantized.engine == "x86"
 

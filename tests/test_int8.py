@@ -8,7 +8,7 @@ from torch import nn
 from torch.ao.nn.quantized import FloatFunctional
 from torch.ao.quantization import DeQuantStub, QuantStub, default_qconfig, get_default_qconfig
 
-from qlib import data, int8, models, pretrained, ptq
+from qlib import data, engines, int8, models, pretrained, ptq
 
 LIVE = int8.CpuProfile.detect()
 # On a CPU kind the course holds no recording of, the live checks still run and report their
@@ -21,7 +21,7 @@ live_exact = pytest.mark.xfail(
 # (engine converted under, qconfig of which engine); onednn+x86 = oneDNN kernels, 7-bit activations.
 CASES = {"x86": ("x86", "x86"), "fbgemm": ("fbgemm", "fbgemm"), "qnnpack": ("qnnpack", "qnnpack"),
          "onednn-reduce-range": ("onednn", "x86"), "onednn-default": ("onednn", "onednn")}
-CASES = {k: v for k, v in CASES.items() if v[0] in ptq.available_engines()}
+CASES = {k: v for k, v in CASES.items() if v[0] in engines.available_engines()}
 
 
 @pytest.fixture(scope="module")

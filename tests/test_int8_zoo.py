@@ -12,12 +12,12 @@ import torch
 from torch.ao.quantization import convert, get_default_qconfig, prepare
 from torchvision.models import quantization as tvq
 
-from qlib import int8, ptq
+from qlib import engines, int8
 from qlib.int8.compare import record_pytorch
 
 MODELS = ["googlenet", "inception_v3", "mobilenet_v2", "mobilenet_v3_large", "resnet18", "resnet50",
           "resnext101_32x8d", "shufflenet_v2_x1_0"]
-ENGINES = ptq.available_engines()
+ENGINES = engines.available_engines()
 LIVE = int8.CpuProfile.detect()
 
 
@@ -30,7 +30,7 @@ def build(name: str, engine: str, size: int) -> torch.nn.Module:
             model(torch.randn(4, 3, size, size))               # BatchNorm statistics
     model.eval().fuse_model()
     model.qconfig = get_default_qconfig("x86" if engine == "onednn" else engine)
-    with ptq.engine_active(engine), warnings.catch_warnings():
+    with engines.engine_active(engine), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         prepared = prepare(model)
         with torch.no_grad():

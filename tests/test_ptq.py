@@ -7,7 +7,7 @@ from torch.ao.quantization import (DeQuantStub, HistogramObserver, MinMaxObserve
                                    QuantWrapper, convert, default_weight_observer, get_default_qconfig,
                                    prepare)
 
-from qlib import pretrained, ptq
+from qlib import engines, pretrained, ptq, quantizable
 from qlib.bench import evaluate
 from qlib.data import calibration_subset, evaluation_subset, fashion_mnist
 from qlib.models import SeedNet, resnet18
@@ -39,7 +39,7 @@ def test_quantize_static_leaves_the_float_model_untouched(seednet, small_calibra
     assert quantized is not seednet and quantized.features[0]._get_name() == "QuantizedConvReLU2d"
 
 
-@pytest.mark.parametrize("engine", ptq.available_engines())
+@pytest.mark.parametrize("engine", engines.available_engines())
 def test_every_engine_converts_and_agrees_with_float(seednet, small_calibration, engine):
     quantized = ptq.quantize_static(seednet, small_calibration, engine=engine, progress=False)
     assert quantized.qengine == engine and torch.backends.quantized.engine == engine
@@ -68,8 +68,8 @@ def test_unknown_engine_is_refused_with_the_choices(seednet, small_calibration):
 
 
 def test_engine_active_restores_the_previous_engine():
-    ptq.use_engine("x86")
-    with ptq.engine_active("qnnpack") as engine:
+    engines.use_engine("x86")
+    with engines.engine_active("qnnpack") as engine:
         assert engine == torch.backends.quantized.engine == "qnnpack"
     assert torch.backends.quantized.engine == "x86"
 
@@ -100,12 +100,12 @@ def test_convert_static_keeps_the_prepared_model_calibrating(seednet, small_cali
 
 def test_a_bare_skip_add_is_found_with_its_module_line_and_fix():
     plain = QuantWrapper(resnet18(**RESNET_KWARGS)).eval()
-    with pytest.raises(ptq.NotQuantizableError) as error:
+    with pytest.raises(quantizable.NotQuantizableError) as error:
         ptq.quantize_static(plain, calibration_subset(64), progress=False)
     message = str(error.value)
     assert "module.layer1.0" in message and "`out += identity`" in message and "models.py:" in message
     assert "(and 7 more)" in message and "FloatFunctional" in message and "add_relu" in message
-    assert len(ptq.bare_tensor_ops(plain)) == 8  # one per BasicBlock
+    assert len(quantizable.bare_tensor_ops(plain)) == 8  # one per BasicBlock
 
 
 def test_the_check_tells_the_truth_the_converted_plain_model_fails_as_announced():
@@ -118,8 +118,8 @@ def test_the_check_tells_the_truth_the_converted_plain_model_fails_as_announced(
 
 
 def test_a_model_without_quant_stub_is_refused():
-    with pytest.raises(ptq.NotQuantizableError, match="no QuantStub.*QuantWrapper"):
-        ptq.check_quantizable(resnet18(**RESNET_KWARGS))
+    with pytest.raises(quantizable.NotQuantizableError, match="no QuantStub.*QuantWrapper"):
+        quantizable.check_quantizable(resnet18(**RESNET_KWARGS))
 
 
 class _Toy(nn.Module):
@@ -141,18 +141,18 @@ class _Toy(nn.Module):
 
 
 def test_the_check_is_generic_and_has_no_false_alarm_outside_the_quantized_region():
-    assert ptq.bare_tensor_ops(_Toy(multiply_inside=False)) == []
-    found = ptq.bare_tensor_ops(_Toy(multiply_inside=True))
+    assert quantizable.bare_tensor_ops(_Toy(multiply_inside=False)) == []
+    found = quantizable.bare_tensor_ops(_Toy(multiply_inside=True))
     assert [(f["op"], f["fix"]) for f in found] == [("*", "mul")]
-    with pytest.raises(ptq.NotQuantizableError, match=r"bare `\*`.*skip_add\.mul"):
-        ptq.check_quantizable(_Toy(multiply_inside=True))
+    with pytest.raises(quantizable.NotQuantizableError, match=r"bare `\*`.*skip_add\.mul"):
+        quantizable.check_quantizable(_Toy(multiply_inside=True))
 
 
 @pytest.mark.parametrize("model", [SeedNet(), resnet18(**RESNET_KWARGS, quantizable=True)],
                          ids=["seednet", "resnet18-quantizable"])
 def test_the_course_models_pass_the_check(model):
-    assert ptq.bare_tensor_ops(model) == []  # FloatFunctional's own torch.add is not a bare one
-    ptq.check_quantizable(model)
+    assert quantizable.bare_tensor_ops(model) == []  # FloatFunctional's own torch.add is not a bare one
+    quantizable.check_quantizable(model)
 
 
 # --- accuracy on the full test split (FP32 figure: the manifest's, checked by test_pretrained) ----

@@ -19,10 +19,11 @@ Reading order (the integer path of one layer reads in one sitting: 1 -> 2 -> 7):
 7. layers.py       the layers with weights and the stubs; ops.py: the others; functional.py:
                    torch functions called on int8 activations
 8. interpreter.py  the Interpreter: the model's own forward() over those layers, under a guard
-9. recorder.py, compare.py   PyTorch's side: every op it ran, and the comparison with ours
+9. compare.py      PyTorch's side (qlib.recorder: every op it ran) next to ours
 10. recordings.py, record.py, replay.py, compact.py   what PyTorch computed on other CPUs
 """
 
+from . import recordings, replay
 from .compare import arithmetic_summary, checked_here, claim_exact, compare_layers, trace
 from .cpu import KINDS, CpuProfile
 from .dispatch import ENGINES, REQUANT_MODES

@@ -11,11 +11,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..ptq import engine_active
+from ..engines import engine_active
 from .cpu import CpuProfile
 from .interpreter import Interpreter
 from .layers import ConvI, WeightedI
-from .recorder import recording
+from ..recorder import recording
 
 
 def record_pytorch(qmodel: nn.Module, x: torch.Tensor, engine: str):

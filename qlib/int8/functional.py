@@ -5,7 +5,7 @@ A converted model computes not only in modules: torchvision's quantizable models
 `F.relu`, a channel shuffle calls `view` / `transpose` / `contiguous`. The interpreter's guard
 (interpreter.py) sees every torch function called on an int8 activation and looks it up here:
 
-- `GLUE`: pure data movement and metadata, run by PyTorch itself on the container tensor;
+- qlib.recorder.GLUE: pure data movement and metadata, run by PyTorch itself on the container;
 - `HANDLERS`: ops with arithmetic, each turned into the interpreter layer of the equivalent
   module (F.avg_pool2d(x, 3) is what nn.AvgPool2d(3) computes); F.hardswish is not among them
   because PyTorch has no kernel for it on int8 tensors either (nnq.Hardswish has one);
@@ -17,13 +17,6 @@ from __future__ import annotations
 from torch import nn
 
 from . import layers, ops
-
-# Functions forward() may call on an int8 activation: views and metadata, no arithmetic.
-GLUE = {"flatten", "reshape", "view", "view_as", "squeeze", "unsqueeze", "contiguous", "size", "dim",
-        "numel", "__get__", "__len__", "is_contiguous", "stride", "q_scale", "q_zero_point", "int_repr",
-        "qscheme", "dequantize", "__repr__", "__format__", "detach", "clone", "transpose", "permute",
-        "chunk", "split", "narrow", "__getitem__", "t", "is_quantized", "dtype", "shape", "ndim", "device"}
-
 
 def _dropout(ctx, path, x, p=0.5, training=False, inplace=False):
     if training:

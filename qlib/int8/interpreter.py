@@ -22,8 +22,8 @@ from torch.overrides import TorchFunctionMode
 
 from . import dispatch, layers, ops
 from .cpu import KINDS, CpuProfile
-from .functional import GLUE, HANDLERS
-from .recorder import KERNEL_MODULES, Call, has_int8, op_key
+from .functional import HANDLERS
+from ..recorder import GLUE, KERNEL_MODULES, Call, has_int8, op_key
 
 # The one table of converted module -> interpreter layer.
 LAYERS = {nnq.Quantize: layers.QuantizeI, nnq.DeQuantize: layers.DeQuantizeI, nnq.QFunctional: ops.QFunctionalI,
@@ -56,9 +56,9 @@ def layer_for(module: nn.Module, path: str, ctx: layers.Context):
 
 def engine_of(qmodel: nn.Module, engine: str | None = None) -> str:
     """The engine whose arithmetic to follow: given, else set by qlib.ptq, else torch's active one."""
-    from .. import ptq
+    from .. import engines
 
-    engine = engine or ptq.engine_of(qmodel) or torch.backends.quantized.engine
+    engine = engine or engines.engine_of(qmodel) or torch.backends.quantized.engine
     dispatch.check(engine, "exact")
     return engine
 

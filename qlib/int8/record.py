@@ -28,7 +28,7 @@ import torch.ao.nn.intrinsic.quantized as nniq
 import torch.ao.nn.quantized as nnq
 from torch.ao.quantization import get_default_qconfig
 
-from .. import ptq
+from .. import engines, ptq
 from ..quiet import quiet_deprecations
 from .compare import record_pytorch
 from .cpu import KINDS, CpuProfile
@@ -49,7 +49,7 @@ def this_cpu() -> dict:
 
 def plans() -> list[tuple[str, str, str]]:
     """(label, engine, qconfig engine) for every engine this torch has."""
-    engines = ptq.available_engines()
+    engines = engines.available_engines()
     found = [(e, e, e) for e in ("x86", "fbgemm", "qnnpack", "onednn") if e in engines]
     if "onednn" in engines:
         found.append(("onednn-x86qconfig", "onednn", "x86"))
@@ -128,7 +128,7 @@ def _logit_ints(qmodel, x) -> dict:
 
 def record_layers(out: Path, engine: str, label: str, reduce_range: bool, per_channel: bool) -> None:
     res = {"cpu": this_cpu(), "engine": engine, "label": label, "layers": {}}
-    with ptq.engine_active(engine):
+    with engines.engine_active(engine):
         for index, name in enumerate(LAYERS):
             case = layer_case(index, reduce_range, per_channel)
             kind, geo, shape, relu = LAYERS[name]
@@ -158,7 +158,7 @@ ADD_SHAPES = [(1, 1, 7, 9), (1, 3, 5, 5), (2, 16, 28, 28), (1, 64, 16, 32), (3, 
 def record_adds(out: Path, engine: str) -> None:
     res = {"cpu": this_cpu(), "engine": engine, "adds": []}
     threads = torch.get_num_threads()
-    with ptq.engine_active(engine):
+    with engines.engine_active(engine):
         for i, shape in enumerate(ADD_SHAPES):
             ai, bi = uint8_input(3000 + i, shape), uint8_input(4000 + i, shape)
             for layout in ("contiguous", "channels_last"):

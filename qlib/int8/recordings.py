@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 from .cpu import CpuProfile, profile_from_flags
-from .recorder import Call, unique_key
+from ..recorder import Call, unique_key
 
 FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_vnni", "avx_vnni", "amx_int8",
          "amx_tile", "avx512_bf16", "asimd", "asimddp", "i8mm")

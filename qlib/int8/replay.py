@@ -20,7 +20,7 @@ import torch.ao.nn.intrinsic.quantized as nniq
 import torch.ao.nn.quantized as nnq
 from torch.ao.quantization import get_default_qconfig
 
-from .. import ptq
+from .. import engines, ptq
 from ..quiet import quiet_deprecations
 from . import layers
 from .interpreter import Interpreter, layer_for
@@ -31,7 +31,7 @@ from .recordings import (LAYERS, SAMPLE_STRIDE, layer_case, Outcome, RecordingEr
 def packing_engine(engine: str) -> str:
     """The engine to build the converted modules under: the recorded one where this torch has it
     (weights are only stored, the interpreter does the arithmetic), else qnnpack (e.g. on ARM)."""
-    return engine if engine in ptq.available_engines() else "qnnpack"
+    return engine if engine in engines.available_engines() else "qnnpack"
 
 
 def _compare(outcome: Outcome, part: str, mine: torch.Tensor, expected: dict | torch.Tensor) -> None:
@@ -116,7 +116,7 @@ def replay_layers(rec: dict, name: str) -> Outcome:
     ctx = layers.Context(engine, cpu)
     for layer_name, spec in rec["layers"].items():
         geo, relu = spec["geometry"], spec["relu"]
-        with ptq.engine_active(packing_engine(engine)):
+        with engines.engine_active(packing_engine(engine)):
             if spec["kind"] == "conv":
                 cls = nniq.ConvReLU2d if relu else nnq.Conv2d
                 module = cls(geo["in"], geo["out"], geo["k"], stride=geo["stride"], padding=geo["pad"],

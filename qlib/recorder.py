@@ -1,10 +1,12 @@
-"""Every quantized op PyTorch runs in a converted model, in order, with its inputs and output.
+"""What a model's layers compute, in order, with their inputs and outputs: the course's one recorder.
 
-One recorder for PyTorch's side of every comparison (compare_layers, the recordings of other
-CPUs): it hooks the modules that have their own int8 kernel (Quantize, conv, linear, ...),
-wraps the methods of each QFunctional (add, cat, ...), and watches every other torch function
-called on an int8 activation (F.relu inside a ReLU module, F.adaptive_avg_pool2d in a forward).
-The interpreter names its own ops with the same `op_key`, so the two sides line up key by key.
+On a converted model it records every quantized op PyTorch runs: it hooks the modules that have
+their own int8 kernel (Quantize, conv, linear, ...), wraps the methods of each QFunctional (add,
+cat, ...), and watches every other torch function called on an int8 activation (F.relu inside a
+ReLU module, F.adaptive_avg_pool2d in a forward). Given `paths`, it records those submodules
+instead, float ones included (what the observers of notebook 02 see). Users: qlib.activations,
+qlib.inspection (every layer's qparams), qlib.int8 (PyTorch's side of every comparison; its
+interpreter names its own ops with the same `op_key`, so the two sides line up key by key).
 """
 
 from __future__ import annotations
@@ -19,14 +21,17 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten
 
-from .functional import GLUE
+from .quantizable import FUNCTIONAL_METHODS
 
 # Quantized modules whose forward is one op of their own (nnq.Dropout only passes its input on).
 KERNEL_MODULES = tuple(m for space in (nnq, nniq) for m in vars(space).values()
                        if isinstance(m, type) and issubclass(m, nn.Module)
-                       and m not in (nnq.Dropout, nnq.QFunctional, nnq.FloatFunctional, nnq.FXFloatFunctional))
-# The methods torch.ao.nn.quantized.QFunctional has (there is no mul_relu).
-QFUNCTIONAL_METHODS = ("add", "add_relu", "mul", "cat", "add_scalar", "mul_scalar", "matmul")
+                       and m not in (nnq.Dropout, nnq.FloatFunctional, nnq.FXFloatFunctional))
+# Functions a forward() may call on an int8 activation that move data and compute nothing.
+GLUE = {"flatten", "reshape", "view", "view_as", "squeeze", "unsqueeze", "contiguous", "size", "dim",
+        "numel", "__get__", "__len__", "is_contiguous", "stride", "q_scale", "q_zero_point", "int_repr",
+        "qscheme", "dequantize", "__repr__", "__format__", "detach", "clone", "transpose", "permute",
+        "chunk", "split", "narrow", "__getitem__", "t", "is_quantized", "dtype", "shape", "ndim", "device"}
 
 
 def has_int8(args, kwargs=None) -> bool:
@@ -104,17 +109,15 @@ class _Watch(TorchFunctionMode):
 
 
 @contextlib.contextmanager
-def recording(qmodel: nn.Module):
-    """Run code on `qmodel` inside this block to record every quantized op it runs."""
+def recording(model: nn.Module, paths=None):
+    """Run code on `model` inside this block to record every quantized op it runs, or, given
+    `paths`, what those submodules compute (a QFunctional through its methods; float modules too)."""
     rec, stack, busy, handles, patched = Recording(), [], [], [], []
-    for path, module in qmodel.named_modules():
-        if isinstance(module, KERNEL_MODULES):
-            def hook(m, args, out, _path=path):
-                rec.add(_path, _path, type(m).__name__, "forward", args, {}, out)
-            handles.append(module.register_forward_pre_hook(lambda m, a: busy.append(1)))
-            handles.append(module.register_forward_hook(lambda m, a, o, h=hook: (busy.pop(), h(m, a, o)) and None))
-        elif type(module) is nnq.QFunctional:
-            for name in QFUNCTIONAL_METHODS:
+    wanted = None if paths is None else set(paths)
+    for path, module in model.named_modules():
+        records = isinstance(module, KERNEL_MODULES) if wanted is None else path in wanted
+        if records and isinstance(module, nnq.QFunctional):
+            for name in FUNCTIONAL_METHODS:
                 method = getattr(module, name)
 
                 def wrapped(*args, _method=method, _path=path, _name=name, _m=module, **kwargs):
@@ -127,13 +130,19 @@ def recording(qmodel: nn.Module):
                     return out
                 setattr(module, name, wrapped)
                 patched.append((module, name))
+        elif records:
+            def hook(m, args, out, _path=path):
+                busy.pop()
+                rec.add(_path, _path, type(m).__name__, "forward", args, {}, out)
+            handles.append(module.register_forward_pre_hook(lambda m, a: busy.append(1)))
+            handles.append(module.register_forward_hook(hook))
         else:
             leaf = not list(module.children())
             handles.append(module.register_forward_pre_hook(
                 lambda m, a, _p=path, _l=leaf: stack.append((_p, _l))))
             handles.append(module.register_forward_hook(lambda m, a, o: stack.pop() and None))
     try:
-        with _Watch(rec, stack, busy):
+        with contextlib.nullcontext() if wanted is not None else _Watch(rec, stack, busy):
             yield rec
     finally:
         for handle in handles:

@@ -1,4 +1,4 @@
-"""qlib.inspect: every layer's activation / weight qparams of a converted model, and its size."""
+"""qlib.inspection: every layer's activation / weight qparams of a converted model, and its size."""
 
 import pandas as pd
 import pytest
@@ -8,7 +8,7 @@ from torch.ao.quantization import MinMaxObserver, QConfig, default_weight_observ
 
 from qlib import pretrained, ptq
 from qlib.data import calibration_subset
-from qlib.inspect import qparams_table, size_bytes, trace_qparams
+from qlib.inspection import qparams_table, size_bytes, trace_qparams
 from qlib.models import resnet18
 
 RESNET_KWARGS = dict(num_classes=10, in_channels=1, width=16, small_input=True)
@@ -148,7 +148,7 @@ FORUM_PRINTOUT = """
 
 
 def test_parse_printout_reads_the_forum_lines():
-    from qlib.inspect import parse_printout
+    from qlib.inspection import parse_printout
 
     table = parse_printout(FORUM_PRINTOUT)
     assert list(table.index) == ["quant", "dequant", "features", "features.0", "features.1", "classifier", "classifier.4"]
@@ -159,7 +159,7 @@ def test_parse_printout_reads_the_forum_lines():
 
 
 def test_parse_printout_round_trips_our_own_printout(resnet_pair):
-    from qlib.inspect import parse_printout
+    from qlib.inspection import parse_printout
 
     _, quantized = resnet_pair
     table = parse_printout(str(quantized))

@@ -15,11 +15,9 @@ from typing import Any
 import pandas as pd
 import torch
 from torch import nn
-from torch.ao.nn.quantized import QFunctional
 
-from .ptq import engine_active, engine_of
-
-_QFUNCTIONAL_METHODS = ("add", "add_relu", "add_scalar", "mul", "mul_scalar", "cat", "matmul")
+from .engines import engine_active, engine_of
+from .recorder import recording
 
 
 def is_quantized_module(module: nn.Module) -> bool:
@@ -48,47 +46,18 @@ def _stored_output_qparams(module: nn.Module) -> tuple[float, int] | None:
 
 
 def trace_qparams(qmodel: nn.Module, sample: torch.Tensor) -> dict[str, dict]:
-    """Run `sample` through `qmodel`, recording each quantized module's inputs' and output's qparams.
-
-    Forward hooks see ordinary modules; a QFunctional (the converted FloatFunctional) is called
-    through its methods (`add_relu`...), not forward(), so those are wrapped for the duration.
+    """Run `sample` through `qmodel`, recording each quantized module's inputs' and output's qparams
+    (qlib.recorder: forward hooks, and a QFunctional's methods, through which it is called).
     Returns {module path: {"order", "inputs": [(scale, zp) or None...], "output": (scale, zp)}}.
     """
+    paths = [name for name, module in qmodel.named_modules() if is_quantized_module(module)]
+    with recording(qmodel, paths) as rec, engine_active(engine_of(qmodel)), torch.inference_mode():
+        qmodel(sample)
     seen: dict[str, dict] = {}
-    handles, patched = [], []
-
-    def record(name: str, inputs, output) -> None:
-        if name not in seen:
-            flat = inputs[0] if name in patched_names and inputs and isinstance(inputs[0], (list, tuple)) else inputs
-            seen[name] = dict(order=len(seen), inputs=[_qparams(t) for t in flat], output=_qparams(output))
-
-    patched_names = set()
-    for name, module in qmodel.named_modules():
-        if not is_quantized_module(module):
-            continue
-        if isinstance(module, QFunctional):
-            for method in _QFUNCTIONAL_METHODS:
-                original = getattr(module, method)
-
-                def wrapper(*args, _name=name, _original=original, **kwargs):
-                    output = _original(*args, **kwargs)
-                    record(_name, args, output)
-                    return output
-
-                setattr(module, method, wrapper)
-                patched.append((module, method))
-            patched_names.add(name)
-        else:
-            handles.append(module.register_forward_hook(
-                lambda m, inputs, output, _name=name: record(_name, inputs, output)))
-    try:
-        with engine_active(engine_of(qmodel)), torch.inference_mode():
-            qmodel(sample)
-    finally:
-        for handle in handles:
-            handle.remove()
-        for module, method in patched:
-            delattr(module, method)  # the instance attribute goes; the class method shows again
+    for call in rec.calls:
+        if call.path not in seen:
+            inputs = call.args[0] if call.method == "cat" else call.args
+            seen[call.path] = dict(order=len(seen), inputs=[_qparams(t) for t in inputs], output=_qparams(call.output))
     return seen
 
 

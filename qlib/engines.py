@@ -1,0 +1,50 @@
+"""Quantized engines: which this torch has, which one is active, which one a model was converted under.
+
+A converted model's weights are pre-packed for the engine active at conversion (x86, fbgemm,
+onednn, qnnpack), so it only runs under that engine: these helpers set it, restore it, and read
+the `.qengine` that qlib.ptq records on the models it converts. Notebook 06, study 4.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+import torch
+from torch import nn
+
+
+def available_engines() -> list[str]:
+    """The quantized engines this torch build can run (without the placeholder 'none')."""
+    return [e for e in torch.backends.quantized.supported_engines if e != "none"]
+
+
+def check_engine(engine: str) -> str:
+    if engine not in available_engines():
+        raise ValueError(f"Quantized engine {engine!r} is not available in this torch build; "
+                         f"choose one of {available_engines()}.")
+    return engine
+
+
+def use_engine(engine: str) -> str:
+    """Make `engine` torch's active quantized engine (prepacked weights are engine-specific)."""
+    torch.backends.quantized.engine = check_engine(engine)
+    return engine
+
+
+@contextlib.contextmanager
+def engine_active(engine: str | None) -> Iterator[str]:
+    """Run a block under quantized `engine`, then restore the previous one (None: leave as is)."""
+    previous = torch.backends.quantized.engine
+    if engine is not None:
+        use_engine(engine)
+    try:
+        yield torch.backends.quantized.engine
+    finally:
+        torch.backends.quantized.engine = previous
+
+
+def engine_of(model) -> str | None:
+    """The engine a model was converted under (set by quantize_static), None for float models
+    (and for anything else without `.qengine`, such as an int8 Interpreter)."""
+    return getattr(model, "qengine", None)
