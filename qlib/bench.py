@@ -5,6 +5,7 @@ thread count fixed (and reported), because a CPU shared with other work gives no
 timings and thread count changes the answer more than anything else. Ratios INT8/FP32 are only
 meaningful within one run on one machine, so the script measures both sides every time.
 A model converted under one quantized engine runs with that engine active (see qlib.engines).
+Notebook 07, section "FP32 vs INT8".
 """
 
 from __future__ import annotations

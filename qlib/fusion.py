@@ -11,6 +11,7 @@ That is all `torch.ao.quantization.fuse_modules` does for Conv+BN; a following R
 an activation of the same fused module (ConvReLU2d), so that the quantized kernel applies it
 while writing its output. In training mode BN normalises with each batch's own statistics, which
 no fixed weights can reproduce: folding is an eval-mode transformation only.
+Notebook 05.
 """
 
 from __future__ import annotations

@@ -4,6 +4,7 @@ A converted module stores the scale and zero point of its OUTPUT (`model.feature
 the forum answer says); its input's are those of whatever produced the input, which the module
 itself does not know. `qparams_table` therefore runs one sample through the model with hooks and
 records the qparams of the tensors each module actually receives and returns.
+Notebook 07 (the forum's second question).
 """
 
 from __future__ import annotations

@@ -5,6 +5,7 @@ channel for the last) and then call the same `_calculate_qparams` (qlib.qmath.qp
 functions reproduce the tracking in float32, as the observers do, so the results are equal
 bit for bit (tests/test_observers.py). The HistogramObserver instead searches for a clipped
 range that minimises the L2 quantization error; `quantization_mse` measures that error.
+Notebook 02.
 """
 
 from __future__ import annotations
@@ -44,11 +45,6 @@ def per_channel_range(batches: Sequence[torch.Tensor], axis: int = 1) -> tuple[t
         cur_lo, cur_hi = qmath.channel_ranges(batch, axis)
         lo, hi = torch.minimum(lo, cur_lo), torch.maximum(hi, cur_hi)
     return lo, hi
-
-
-def representable_range(scale: float, zero_point: int, qmin: int, qmax: int) -> tuple[float, float]:
-    """The real interval a grid covers, [S (qmin - Z), S (qmax - Z)]: beyond it values are clipped."""
-    return scale * (qmin - zero_point), scale * (qmax - zero_point)
 
 
 def quantization_mse(x: torch.Tensor, scale: float, zero_point: int, dtype=torch.quint8) -> float:

@@ -4,6 +4,7 @@ A checkpoint is a float32 state dict in data/checkpoints/NAME.pt; data/checkpoin
 records its sha256 and how it was trained (`python -m qlib.train NAME` writes both). Loading
 checks the sha256 first and then uses `torch.load(weights_only=True)`, which refuses pickled
 code: a tampered or half-written file fails loudly instead of running or loading wrong weights.
+Notebooks 00 and 03.
 """
 
 from __future__ import annotations

@@ -15,6 +15,7 @@ compares them with torch on random and adversarial inputs). Measured on the pinn
 f32 = round to float32, rne = round half to even, wrap32 = two's-complement int32 overflow.
 The zero point is added *after* rounding: round(x / S) + Z, not round(x / S + Z) (torch 2.13 and
 many textbooks add it first; the two differ on exact ties such as x / S = 2.5).
+Notebook 01.
 """
 
 from __future__ import annotations
@@ -256,26 +257,44 @@ def _check_range(xmin, xmax, name_min="xmin", name_max="xmax"):
 
 
 def _calculate_qparams(lo, hi, dtype, symmetric, reduce_range):
-    """Float32 tensor arithmetic of torch's observer `_calculate_qparams`, step by step."""
+    """torch's observer `_calculate_qparams` for a torch dtype (and reduce_range)."""
     check_dtype(dtype, (torch.quint8, torch.qint8))
     if symmetric and reduce_range and dtype == torch.quint8:
         raise ValueError("symmetric=True with reduce_range=True is not defined for quint8 "
                          "(torch's observers refuse it too); use qint8, or the affine scheme.")
-    qmin, qmax = qrange(dtype, reduce_range)
+    return _range_qparams(lo, hi, *qrange(dtype, reduce_range), symmetric)
+
+
+def _range_qparams(lo, hi, qmin: int, qmax: int, symmetric: bool):
+    """Float32 tensor arithmetic of torch's observer `_calculate_qparams`, step by step, for any
+    integer range (torch's own are 0..255, -128..127 and their reduce_range halves)."""
     # 1. Widen the range to include 0, so that 0.0 gets an exact integer (the zero point).
     lo = torch.minimum(lo, torch.zeros_like(lo))
     hi = torch.maximum(hi, torch.zeros_like(hi))
     eps = _f32([EPS])
     if symmetric:
-        # 2s. Centre the grid on 0: the larger of |min|, |max| spans half the integers.
+        # 2s. Centre the grid on 0: the larger of |min|, |max| spans half the integers; Z is 0 on a
+        #     signed range, its middle on an unsigned one (128 for quint8).
         bound = torch.maximum(-lo, hi)
         scale = torch.maximum(bound / (float(qmax - qmin) / 2), eps)
-        zero_point = torch.full_like(scale, 128 if dtype == torch.quint8 else 0, dtype=torch.int64)
+        zero_point = torch.full_like(scale, 0 if qmin < 0 else (qmin + qmax + 1) // 2, dtype=torch.int64)
     else:
         # 2a. Spread [min, max] over all the integers; Z is where 0.0 lands, rounded half to even.
         scale = torch.maximum((hi - lo) / float(qmax - qmin), eps)
         zero_point = (qmin - torch.round(lo / scale).to(torch.int64)).clamp(qmin, qmax)
     return scale, zero_point
+
+
+def representable(scale: float, zero_point: int, qmin: int, qmax: int) -> tuple[float, float]:
+    """The real interval a grid covers: [S (qmin - Z), S (qmax - Z)] (notebook 01, section 3)."""
+    return scale * (qmin - zero_point), scale * (qmax - zero_point)
+
+
+def clipped(x: torch.Tensor, scale: float, zero_point: int, qmin: int = 0, qmax: int = 255) -> torch.Tensor:
+    """Which values of x lie more than half a step outside the representable interval: those
+    quantization clips rather than rounds."""
+    lo, hi = representable(scale, zero_point, qmin, qmax)
+    return (x < lo - scale / 2) | (x > hi + scale / 2)
 
 
 def qparams(xmin, xmax, dtype=torch.quint8, symmetric: bool = False,
@@ -322,15 +341,7 @@ def qparams_for_range(xmin, xmax, qmin: int, qmax: int, symmetric: bool = False)
     if not (isinstance(qmin, int) and isinstance(qmax, int) and qmin <= 0 < qmax):
         raise ValueError(f"[qmin, qmax] = [{qmin}, {qmax}] must be integers with qmin <= 0 < qmax "
                          "(0 must be representable).")
-    lo = torch.minimum(lo.reshape(1), torch.zeros(1))
-    hi = torch.maximum(hi.reshape(1), torch.zeros(1))
-    eps = _f32([EPS])
-    if symmetric:
-        scale = torch.maximum(torch.maximum(-lo, hi) / (float(qmax - qmin) / 2), eps)
-        zero_point = 0 if qmin < 0 else (qmin + qmax + 1) // 2
-        return float(scale[0]), zero_point
-    scale = torch.maximum((hi - lo) / float(qmax - qmin), eps)
-    zero_point = (qmin - torch.round(lo / scale).to(torch.int64)).clamp(qmin, qmax)
+    scale, zero_point = _range_qparams(lo.reshape(1), hi.reshape(1), qmin, qmax, symmetric)
     return float(scale[0]), int(zero_point[0])
 
 

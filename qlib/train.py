@@ -6,6 +6,7 @@
 Writes data/checkpoints/NAME.pt (a float32 state dict) and its manifest entry: sha256, test
 accuracy on the full test split, epochs, seed, torch version, date. The committed checkpoints
 came from exactly this command; tests never train.
+Notebook 03 (how the checkpoints were made).
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@
 `explore(...)` computes everything (grid, quantized samples, errors) and `plot_exploration(...)`
 draws it; `explorer()` only wires sliders to them with `ipywidgets.interactive`, so pytest tests
 the functions directly and the widget through its `.result`.
+Notebook 01 (the explorer).
 """
 
 from __future__ import annotations
@@ -65,12 +66,11 @@ class Exploration:
     @property
     def representable(self) -> tuple[float, float]:
         """The real interval the grid covers: [S (qmin - Z), S (qmax - Z)]."""
-        return self.scale * (self.qmin - self.zero_point), self.scale * (self.qmax - self.zero_point)
+        return qmath.representable(self.scale, self.zero_point, self.qmin, self.qmax)
 
     @property
     def clipped(self) -> torch.Tensor:
-        lo, hi = self.representable
-        return (self.x < lo - self.scale / 2) | (self.x > hi + self.scale / 2)
+        return qmath.clipped(self.x, self.scale, self.zero_point, self.qmin, self.qmax)
 
     def stats(self) -> dict:
         inside = ~self.clipped

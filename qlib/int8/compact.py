@@ -8,6 +8,7 @@ the op before it); the test-split outputs become the int8 logits with their scal
 than 4,096 values (single layers, long adds) become a sha256 plus every 61st value, enough to
 say "exact" for certain and to estimate a mismatch count otherwise. Files are lzma-compressed
 (*.pt.xz) and listed with their sha256 in DST/manifest.json.
+Notebook 08, section 8.
 """
 
 from __future__ import annotations

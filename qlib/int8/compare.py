@@ -4,6 +4,7 @@
 interpreter's int8 output for the same op beside it. By default each side runs the whole model,
 so a difference in one layer is carried into every later one; `teacher_forced=True` feeds every
 interpreter op PyTorch's own input instead, so a mismatch names the op whose arithmetic differs.
+Notebook 08, sections 2, 3 and 8.
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ what it returns. The decisions, in the order PyTorch makes them:
    library's requantization (requantize.py) and, on CPUs without VNNI, its int16 pairs (quirks.py).
 3. ops without weights: QNNPACK's own kernels under engine qnnpack (the fixed-point add), ATen's
    elsewhere, with the CPU's vector width and lanes deciding which positions take the scalar form.
+Notebook 08, sections 4 and 8.
 """
 
 from __future__ import annotations

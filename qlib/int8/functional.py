@@ -10,6 +10,7 @@ A converted model computes not only in modules: torchvision's quantizable models
   module (F.avg_pool2d(x, 3) is what nn.AvgPool2d(3) computes); F.hardswish is not among them
   because PyTorch has no kernel for it on int8 tensors either (nnq.Hardswish has one);
 - anything else: UnsupportedModuleError naming the function and where it was called.
+Notebook 08, section 3.
 """
 
 from __future__ import annotations

@@ -7,6 +7,7 @@ While the copy runs, a guard watches every torch function called on an int8 acti
 run as they are, functions with arithmetic go to their integer form (functional.py), anything
 else raises UnsupportedModuleError naming the function and the module that called it. With
 requant="fixedpoint" the guard also checks that no layer makes a float tensor.
+Notebook 08, section 2.
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ it), so that views in the model's forward() (flatten, a channel shuffle) work as
 PyTorch. The integer path of a conv reads in one sitting: ConvI.forward -> integer.conv_accumulate
 -> the requantization dispatch chose. Layers without weights (pooling, add, cat, activations)
 are in ops.py.
+Notebook 08, sections 1-2.
 """
 
 from __future__ import annotations

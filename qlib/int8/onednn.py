@@ -14,6 +14,7 @@ Without VNNI (AVX2, AVX512_CORE) the kernels add pairs of neighbouring input cha
 into a saturating int16 ("channels"); depthwise and reference kernels do not saturate. The AMX
 rules depend on the shape, the thread count and the L1 cache (48 KiB assumed, a Sapphire Rapids
 core's); they reproduce what was measured, one small first-layer case excepted.
+Notebook 08, section 8.
 """
 
 from __future__ import annotations

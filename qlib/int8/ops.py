@@ -3,6 +3,7 @@
 Each computes integer sums or comparisons here and asks dispatch.py for the rest (which kernel
 PyTorch runs for this engine, layout and CPU, and its float32 or fixed-point step). Outputs keep
 the memory order PyTorch's kernel gives them, since later ops' scalar tails depend on it.
+Notebook 08, section 3.
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ elementwise.py) know no CPU. Three things here do, each a function of the CPU pr
 3. **lanes**: NHWC cat vectorises over channels: the first `C // 8 * 8` channels in vector
    lanes, the rest in scalar code: `scalar_channels`. (NHWC average pooling has lanes too, but its
    two multipliers give the same integers.)
+Notebook 08, sections 3, 8 and 9.
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ gets some op's output wrong on it: these are the images on which CPU kinds diffe
 writes the compact form (*.pt.xz, a manifest) that the course keeps in tests/data. Runs in a few
 minutes; the environment caps ATEN_CPU_CAPABILITY, FBGEMM_ENABLE_INSTRUCTIONS and
 ONEDNN_MAX_CPU_ISA record what another CPU kind's libraries compute (the "cpu" entry says so).
+Notebook 08, section 8.
 """
 
 from __future__ import annotations

@@ -6,6 +6,7 @@ One line per recording file, then `N/M recordings exact`; exit status 0 only whe
 Whole-model recordings are replayed three ways: op by op on PyTorch's own inputs (teacher
 forced: a mismatch names the op), the whole model on the recorded images, and the model on the
 Fashion-MNIST test images whose outputs were recorded (`--images` limits how many).
+Notebook 08, section 8.
 """
 
 from __future__ import annotations
