@@ -42,3 +42,16 @@ def test_cpu_flags(tmp_path):
     assert {"asimd", "i8mm"} <= sysinfo.cpu_flags(arm)
     assert sysinfo.cpu_name(cpuinfo) == "Test CPU"
     assert sysinfo.cpu_flags(tmp_path / "missing") == set()
+
+
+def test_evaluate_takes_a_model_or_any_callable_under_the_models_engine():
+    from qlib import data, engines, int8, metrics, pretrained, ptq
+
+    qmodel = ptq.quantize_static(pretrained.load("seednet-fmnist"), data.calibration_subset(64), engine="qnnpack",
+                                 progress=False)
+    images, labels = data.fashion_mnist("test").tensors()
+    subset = (images[:300], labels[:300])
+    torch.backends.quantized.engine = "x86"              # evaluate switches to the model's own engine
+    assert metrics.evaluate(qmodel, subset, batch_size=128) == metrics.evaluate(int8.Interpreter(qmodel), subset)
+    assert torch.backends.quantized.engine == "x86"      # and restores the previous one
+    assert engines.engine_of(int8.Interpreter(qmodel)) is None
