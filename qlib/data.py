@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from .errors import QlibError
 from .paths import DATA_DIR
 
 # Mean and standard deviation of the 60,000 training images, pixels scaled to [0, 1].
@@ -32,7 +33,7 @@ DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 SEARCH_DIRS = (REPO_RAW_DIR, DEBIAN_DIR)
 
 
-class DataNotFoundError(FileNotFoundError):
+class DataNotFoundError(QlibError, FileNotFoundError):
     """Fashion-MNIST's raw files are in none of the places the course looks."""
 
 

@@ -21,8 +21,10 @@ import copy
 import torch
 from torch import nn
 
+from .errors import QlibError
 
-class FoldingError(ValueError):
+
+class FoldingError(QlibError, ValueError):
     """The modules cannot be folded (training mode, wrong types, mismatched channels)."""
 
 

@@ -18,6 +18,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from .errors import QlibError
 from .models import SeedNet, resnet18
 from .paths import CHECKPOINT_DIR, MANIFEST, REPO_ROOT
 
@@ -48,7 +49,7 @@ CATALOGUE: dict[str, Spec] = {
 }
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(QlibError, RuntimeError):
     """A checkpoint is missing, unknown, or does not match its manifest entry."""
 
 

@@ -20,12 +20,15 @@ from torch import nn
 from torch.ao.nn.quantized import FloatFunctional
 from torch.ao.quantization import DeQuantStub, QuantStub
 
+from .errors import QlibError
+
+
 # The methods of FloatFunctional (and of QFunctional, what convert() makes of it): one list for
 # every module that must recognise them (this check, qlib.inspection, qlib.int8's recorder).
 FUNCTIONAL_METHODS = ("add", "add_relu", "add_scalar", "mul", "mul_scalar", "cat", "matmul")
 
 
-class NotQuantizableError(TypeError):
+class NotQuantizableError(QlibError, TypeError):
     """The model lacks what eager-mode static quantization needs (stubs, FloatFunctional)."""
 
 

@@ -20,13 +20,14 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from ..errors import QlibError
 from . import dispatch, elementwise, fixedpoint, integer
 from .cpu import CpuProfile
 
 _LOCAL = threading.local()
 
 
-class UnsupportedModuleError(TypeError):
+class UnsupportedModuleError(QlibError, TypeError):
     """A model contains a module or calls a function the interpreter has no integer form of."""
 
 

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from ..errors import QlibError
 from .cpu import CpuProfile, profile_from_flags
 from ..recorder import Call, unique_key
 
@@ -37,7 +38,7 @@ FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_v
 SAMPLE_STRIDE = 61  # compact form: every 61st value of a long output is kept for mismatch counts
 
 
-class RecordingError(ValueError):
+class RecordingError(QlibError, ValueError):
     """A recording file is missing, damaged or not of a known format."""
 
 
