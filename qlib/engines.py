@@ -13,6 +13,8 @@ from typing import Iterator
 import torch
 from torch import nn
 
+from .errors import BadInputError
+
 
 def available_engines() -> list[str]:
     """The quantized engines this torch build can run (without the placeholder 'none')."""
@@ -20,9 +22,10 @@ def available_engines() -> list[str]:
 
 
 def check_engine(engine: str) -> str:
-    if engine not in available_engines():
-        raise ValueError(f"Quantized engine {engine!r} is not available in this torch build; "
-                         f"choose one of {available_engines()}.")
+    """`engine` itself, or an error naming the engines this torch build has."""
+    if not isinstance(engine, str) or engine not in available_engines():
+        raise BadInputError(f"Quantized engine {engine!r} is not available in this torch build, so no "
+                            f"kernel could run the model; choose one of {available_engines()}.")
     return engine
 
 

@@ -14,39 +14,139 @@ from typing import Iterable
 
 import torch
 from torch import nn
+from torch.ao.nn import quantized as nnq
 from torch.ao.quantization import QConfig, convert, get_default_qconfig, prepare
+from torch.ao.quantization.observer import ObserverBase
 from tqdm.auto import tqdm
 
 from .engines import check_engine, use_engine
+from .errors import BadInputError, PipelineOrderError, kind_of
 from .quantizable import check_quantizable
+
+
+# --- where a model stands in prepare -> calibrate -> convert ----------------------------------------
+
+def observers(model: nn.Module) -> dict[str, ObserverBase]:
+    """The observers prepare() inserted (activation_post_process modules), by name."""
+    return {name: m for name, m in model.named_modules() if isinstance(m, ObserverBase)}
+
+
+def is_converted(model: nn.Module) -> bool:
+    """convert() turns every QuantStub into a Quantize module: its mark on a converted model."""
+    return any(isinstance(m, nnq.Quantize) for m in model.modules())
+
+
+def unobserved(model: nn.Module) -> list[str]:
+    """Observers that have seen no data yet (their range is still empty: inf / -inf, or no channel)."""
+    return [name for name, o in observers(model).items()
+            if isinstance(getattr(o, "min_val", None), torch.Tensor)
+            and (o.min_val.numel() == 0 or not bool(torch.isfinite(o.min_val).all()))]
+
+
+def _require_prepared(model: nn.Module, step: str) -> None:
+    """`step` needs a prepared model: say which step is missing otherwise."""
+    if not isinstance(model, nn.Module):
+        raise BadInputError(f"{step}() needs the prepared model, got {kind_of(model)}. "
+                            "Pass what ptq.prepare_static(model) returned.")
+    if is_converted(model):
+        raise PipelineOrderError(f"{step}() got a model that is already converted to int8: its observers are "
+                                 "gone. Call it on the prepared model (what ptq.prepare_static returned), "
+                                 "before convert_static.")
+    if not observers(model):
+        raise PipelineOrderError(f"{step}() got a model with no observers: it was never prepared, so "
+                                 "nothing would record the ranges. Call ptq.prepare_static(model) first "
+                                 f"and pass its result to {step}().")
+
+
+# --- calibration data --------------------------------------------------------------------------------
+
+_HOW_TO_PASS = ("Pass a Dataset, a DataLoader, or a list of batches (each a float32 tensor of images, or an "
+                "(images, labels) pair), e.g. qlib.data.calibration_subset(512)")
+
+
+def _batch_source(calibration_data):
+    """The iterable of batches in `calibration_data`, or an error for what is not one."""
+    if isinstance(calibration_data, torch.utils.data.Dataset):
+        from .data import loader
+
+        return loader(calibration_data)
+    if isinstance(calibration_data, torch.Tensor):
+        raise BadInputError(f"calibration_data is one tensor ({kind_of(calibration_data)}); iterating over it "
+                            "would feed the model one image at a time without a batch dimension. Wrap it in "
+                            "a list, `[images]`, or split it into batches: `list(images.split(64))`.")
+    if isinstance(calibration_data, (str, bytes, dict)) or not hasattr(calibration_data, "__iter__"):
+        numpy_hint = (" For a numpy array: torch.from_numpy(array).float()." if type(calibration_data).__module__
+                      == "numpy" else "")
+        raise BadInputError(f"calibration_data is {kind_of(calibration_data)}, not a collection of image "
+                            f"batches. {_HOW_TO_PASS}.{numpy_hint}")
+    return calibration_data
+
+
+def _images_of(batch, index: int) -> torch.Tensor:
+    """The images of one batch, checked: a finite float32 tensor with a batch dimension."""
+    images = batch[0] if isinstance(batch, (tuple, list)) and batch else batch
+    where = f"Calibration batch {index}"
+    if not isinstance(images, torch.Tensor):
+        hint = " Convert it with torch.from_numpy(array).float()." if type(images).__module__ == "numpy" else ""
+        raise BadInputError(f"{where} is {kind_of(images)}, not a tensor of images. {_HOW_TO_PASS}.{hint}")
+    if images.dtype != torch.float32:
+        fix = ("raw pixels: convert them as in training, images.float() / 255 then the same normalisation "
+               "(qlib.data's datasets do this)" if not images.is_floating_point() else "images.float()")
+        raise BadInputError(f"{where} is {kind_of(images)}; the float model and its observers expect "
+                            f"float32. Convert it: {fix}.")
+    if images.dim() < 2:
+        raise BadInputError(f"{where} is {kind_of(images)}: it has no batch dimension. Pass batches of "
+                            "images, e.g. images.unsqueeze(0) for a single image.")
+    bad = int((~torch.isfinite(images)).sum())
+    if bad:
+        raise BadInputError(f"{where} holds {bad} NaN or infinite value(s). An observer that sees one takes "
+                            "a NaN range, so every scale after it is NaN and the int8 model outputs NaN (or "
+                            "torch.histc fails). Drop or repair those images (torch.isfinite(images).all())"
+                            " before calibrating.")
+    return images
 
 
 def _batches(calibration_data, num_batches: int | None) -> Iterable[torch.Tensor]:
     for index, batch in enumerate(calibration_data):
         if num_batches is not None and index >= num_batches:
             return
-        yield batch[0] if isinstance(batch, (tuple, list)) else batch
+        yield _images_of(batch, index)
+
+
+def _check_num_batches(num_batches) -> None:
+    if num_batches is not None and (isinstance(num_batches, bool) or not isinstance(num_batches, int)
+                                    or num_batches < 1):
+        raise BadInputError(f"num_batches={num_batches!r}: it must be a whole number of batches, at least 1, "
+                            "or None to use every batch.")
 
 
 def calibrate(prepared: nn.Module, calibration_data, num_batches: int | None = None,
               progress: bool = True) -> int:
-    """Run calibration batches through a prepared model (observers record ranges); returns images seen."""
-    seen = 0
-    if isinstance(calibration_data, torch.utils.data.Dataset):
-        from .data import loader
+    """Run calibration batches through a prepared model (observers record ranges); returns images seen.
 
-        calibration_data = loader(calibration_data)
+    Each batch is checked first (float32, a batch dimension, finite values): one NaN pixel would
+    make every later scale NaN without an error.
+    """
+    _require_prepared(prepared, "calibrate")
+    _check_num_batches(num_batches)
+    calibration_data = _batch_source(calibration_data)
+    seen = 0
     total = len(calibration_data) if hasattr(calibration_data, "__len__") else None
     if num_batches is not None:
         total = num_batches if total is None else min(total, num_batches)
     with torch.inference_mode():
         for x in tqdm(_batches(calibration_data, num_batches), total=total, desc="calibrating",
                       unit="batch", disable=not progress):
-            prepared(x)
+            try:
+                prepared(x)
+            except RuntimeError as error:
+                raise BadInputError(f"A calibration batch of shape {tuple(x.shape)} does not fit the model: "
+                                    f"{str(error).splitlines()[0]} Pass batches shaped like the training "
+                                    "images (N, C, H, W).") from error
             seen += len(x)
     if seen == 0:
-        raise ValueError("The calibration data yielded no batch: the observers saw nothing, so "
-                         "every scale would be meaningless. Pass at least one batch of images.")
+        raise BadInputError("The calibration data yielded no images: the observers saw nothing, so every "
+                            "scale would be meaningless. Pass at least one batch of images.")
     return seen
 
 
@@ -59,7 +159,15 @@ def prepare_static(model: nn.Module, engine: str = "x86", qconfig: QConfig | Non
     """
     if check:
         check_quantizable(model)
+    if observers(model) or is_converted(model):
+        raise PipelineOrderError(f"prepare_static() got a model that is already {'converted' if is_converted(model) else 'prepared'}"
+                                 ": preparing it again would observe the observers. Prepare the float model "
+                                 "(e.g. qlib.pretrained.load(...)) once.")
     check_engine(engine)
+    if qconfig is not None and not isinstance(qconfig, QConfig):
+        raise BadInputError(f"qconfig is {kind_of(qconfig)}, not a torch.ao.quantization.QConfig. Pass e.g. "
+                            "get_default_qconfig('x86') or QConfig(activation=..., weight=...), or None for "
+                            "the engine's default.")
     float_copy = copy.deepcopy(model).eval()
     if fuse and hasattr(float_copy, "fuse_model"):
         float_copy.fuse_model()
@@ -68,7 +176,23 @@ def prepare_static(model: nn.Module, engine: str = "x86", qconfig: QConfig | Non
 
 
 def convert_static(prepared: nn.Module, engine: str = "x86") -> nn.Module:
-    """convert() a calibrated model under `engine` (a copy: `prepared` can go on calibrating)."""
+    """convert() a calibrated model under `engine` (a copy: `prepared` can go on calibrating).
+
+    Refuses a model that was never prepared (convert would return it unchanged) or never
+    calibrated (every observer would give scale 1.0 and zero point 0: all-zero outputs).
+    """
+    _require_prepared(prepared, "convert_static")
+    empty = unobserved(prepared)
+    if empty:
+        raise PipelineOrderError(f"{len(empty)} of {len(observers(prepared))} observers have seen no data "
+                                 f"(first: {empty[0]}), so convert would give them scale 1.0 and zero point 0 "
+                                 "and the int8 model would output zeros. Call ptq.calibrate(prepared, data) "
+                                 "first; if only some observers are empty, the calibration data never reaches "
+                                 "those layers.")
+    return _convert(prepared, engine)
+
+
+def _convert(prepared: nn.Module, engine: str) -> nn.Module:
     use_engine(engine)
     quantized = convert(prepared, inplace=False)
     quantized.qengine = engine
@@ -100,7 +224,7 @@ def quantized_skeleton(model: nn.Module, engine: str = "x86", qconfig: QConfig |
     prepared = prepare_static(model, engine, qconfig, check=False)  # the structure of a model already converted once
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r"must run observer before calling calculate_qparams")
-        return convert_static(prepared, engine)
+        return _convert(prepared, engine)
 
 
 def describe_qconfig(qconfig: QConfig) -> dict[str, str]:
