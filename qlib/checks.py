@@ -2,15 +2,33 @@
 
 Each check_* function prints "Correct!" or what differs plus a hint, and returns True / False so
 that the instructor notebook can `assert` it. One small function per exercise; all share `report`.
+
+A checker never raises and never accepts a wrong answer: `_checker` turns a refusal (`_NotYet`)
+into a report, the learner's own exception into one naming its type, message and line, and any
+other exception into "the checker could not read your answer" (KeyboardInterrupt and SystemExit
+still pass: they are not answers). The `_read_*` helpers coerce an
+answer or refuse it precisely (None, bool, not a number, quantized, complex, NaN / inf, shape,
+non-integer zero point). Answers are judged by value: a float64 tensor, a numpy number, a list or
+a one-element tensor holding the right value is right, and an integral float is a right zero point.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
+import numbers
+import os
+import sysconfig
+import traceback
 
+import numpy as np
 import torch
 
 from . import qmath
+from .errors import kind_of
+
+_ZERO_POINTS_ARE_INTEGERS = "zero points are integers, so that the real 0.0 is represented exactly."
 
 
 def report(ok: bool, success: str, problem: str = "", hint: str = "") -> bool:
@@ -24,6 +42,209 @@ def report(ok: bool, success: str, problem: str = "", hint: str = "") -> bool:
     return ok
 
 
+class _NotYet(Exception):
+    """A refused answer, raised from deep inside a checker and reported by `_checker`."""
+
+    def __init__(self, problem: str, hint: str = ""):
+        super().__init__(problem)
+        self.problem, self.hint = problem, hint
+
+
+def _checker(expects: str):
+    """Make a check_* total: it reports (False) instead of raising, whatever it is given.
+
+    `expects` says what the answers should be; it is shown when the checker's own code fails on an
+    answer it did not foresee, so the learner still learns what to pass.
+    """
+    def decorate(check):
+        signature = inspect.signature(check).replace(return_annotation=inspect.Signature.empty)
+
+        @functools.wraps(check)
+        def total(*args, **kwargs):
+            try:
+                arguments = signature.bind(*args, **kwargs).arguments
+            except TypeError as exc:
+                return report(False, "", f"{check.__name__} was called with the wrong arguments ({exc}).",
+                              f"call it as {check.__name__}{signature}.")
+            try:
+                return check(*args, **kwargs)
+            except _NotYet as refusal:
+                return report(False, "", refusal.problem, refusal.hint)
+            except Exception as exc:  # the checker's own code failed on an unforeseen answer
+                got = ", ".join(f"{name}={kind_of(value)}" for name, value in arguments.items())
+                return report(False, "", f"the checker could not read your answer ({_exception_text(exc)}); "
+                              f"it got {got}.", f"expected {expects}. If your answer is of that "
+                              "form, the checker is at fault: please report it.")
+        return total
+    return decorate
+
+
+def _exception_text(exc: BaseException, limit: int = 300) -> str:
+    """'TypeError: message', shortened; safe even when the exception's str() itself fails."""
+    try:
+        message = str(exc)
+    except Exception:
+        message = "(its message could not be printed)"
+    message = " ".join(message.split())
+    message = message if len(message) <= limit else message[:limit] + " ..."
+    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+
+
+def _library_folders() -> tuple[str, ...]:
+    """Where Python, torch and qlib live: frames there are not the learner's code."""
+    paths = sysconfig.get_paths()
+    folders = {paths["stdlib"], paths["platstdlib"], paths["purelib"], paths["platlib"], os.path.dirname(__file__)}
+    return tuple(os.path.join(os.path.realpath(folder), "") for folder in folders)
+
+
+def _learner_frame(exc: BaseException):
+    """The deepest traceback frame in the learner's own code (None when there is none)."""
+    frames = traceback.extract_tb(exc.__traceback__)[1:]  # frame 0 is _call_learner's
+    library = _library_folders()
+    own = [frame for frame in frames if not os.path.realpath(frame.filename).startswith(library)]
+    return own[-1] if own else None
+
+
+def _where(frame) -> str:
+    """Where the learner's code failed: the line is what they can fix (a notebook cell's file name is not)."""
+    if frame is None:
+        return "(not in your own code: no line of it is in the traceback)"
+    code = f": {frame.line.strip()}" if frame.line else ""
+    return f"in {frame.name}, line {frame.lineno}{code}"
+
+
+def _is_unwritten_stub(exc: BaseException, frame) -> bool:
+    """A `raise NotImplementedError` the learner has not replaced yet (not torch's own, for an
+    op it lacks, which also raises NotImplementedError)."""
+    return isinstance(exc, NotImplementedError) and frame is not None and (frame.line or "").startswith("raise")
+
+
+def _call_learner(fn, *args):
+    """fn(*args), or a refusal that reports the learner's own exception as such: its type, message
+    and line, never mistaken for a wrong return value or for the checker failing."""
+    if not callable(fn):
+        raise _NotYet(f"expected your function, got {_describe(fn)}.",
+                      "pass the function itself, e.g. check(my_function), without calling it.")
+    try:
+        return fn(*args)
+    except Exception as exc:
+        frame = _learner_frame(exc)
+        if _is_unwritten_stub(exc, frame):
+            raise _NotYet("the function is not written yet (it raises NotImplementedError).") from None
+        raise _NotYet(f"your function raised {_exception_text(exc)}\n  {_where(frame)}\nIt returned "
+                      "nothing, so there was no result to check.",
+                      "call it yourself on a small input to see the full traceback.") from None
+
+
+def _describe(value) -> str:
+    """What the learner gave, for a message: its value when it is short, and its type."""
+    if isinstance(value, (torch.Tensor, np.ndarray)):
+        return kind_of(value)
+    try:
+        shown = repr(value)
+    except Exception:
+        return kind_of(value)
+    return f"{shown} ({kind_of(value)})" if len(shown) <= 40 else kind_of(value)
+
+
+def _to_tensor(value, subject: str, expected: str) -> torch.Tensor:
+    """value as a detached CPU tensor (Python floats kept in float64, so nothing is rounded away)."""
+    if value is None:
+        raise _NotYet(f"{subject} still None.", f"compute it: {expected}.")
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu()
+    try:
+        if isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)):
+            value = int(value) if isinstance(value, numbers.Integral) and abs(value) < 2**63 else float(value)
+        tensor = torch.as_tensor(value)
+        if tensor.is_floating_point() and not isinstance(value, np.ndarray):
+            tensor = torch.as_tensor(value, dtype=torch.float64)
+    except (TypeError, ValueError, RuntimeError, OverflowError):
+        raise _NotYet(f"{subject} {_describe(value)}; expected {expected}.") from None
+    return tensor
+
+
+def _refuse_unusable_dtype(tensor: torch.Tensor, value, subject: str, expected: str, integers: bool) -> None:
+    """bool, complex and quantized tensors hold no plain numbers; float16 too few digits for reals."""
+    if tensor.is_quantized:
+        fix = ("return its integers with .int_repr()" if integers else
+               "use its real values (.dequantize()), or compute in float32")
+        raise _NotYet(f"{subject} a quantized tensor; {fix}.", f"expected {expected}, not a {tensor.dtype} tensor.")
+    if tensor.dtype == torch.bool:
+        raise _NotYet(f"{subject} {_describe(value)}: a bool is not a number here.", f"expected {expected}.")
+    if tensor.is_complex():
+        raise _NotYet(f"{subject} {_describe(value)}: complex, not real.", f"expected {expected}.")
+    if not integers and tensor.dtype in (torch.float16, torch.bfloat16):
+        raise _NotYet(f"{subject} {_describe(value)}: {tensor.dtype} keeps only about 3 significant digits.",
+                      "compute in float32, as PyTorch's observers and kernels do.")
+
+
+def _refuse_where(bad: torch.Tensor, tensor: torch.Tensor, value, subject: str, flaw: tuple[str, str],
+                  hint: str) -> None:
+    """Refuse the answer if any entry is `bad` (a mask); `flaw` words it for one value / for several."""
+    if not bad.any():
+        return
+    if tensor.numel() == 1:
+        raise _NotYet(f"{subject} {_describe(value)}, {flaw[0]}.", hint)
+    example = tensor[bad].flatten()[0].item()
+    raise _NotYet(f"{subject} {_describe(value)}, with {int(bad.sum())} {flaw[1]} value(s), e.g. {example:.6g}.",
+                  hint)
+
+
+def _refuse_non_finite(tensor: torch.Tensor, value, subject: str, expected: str) -> None:
+    """NaN compares unequal to everything, so it must be refused by name, never judged by comparison."""
+    if tensor.is_floating_point():
+        _refuse_where(~torch.isfinite(tensor), tensor, value, subject, ("not a finite number", "NaN or infinite"),
+                      f"expected {expected}; look for a division by zero or an overflow.")
+
+
+def _refuse_non_integers(tensor: torch.Tensor, value, subject: str, hint: str) -> None:
+    """Refuse 0.9 rather than truncate it to 0: an integral float (3.0) passes, its value being right."""
+    if tensor.is_floating_point():
+        _refuse_where(tensor != tensor.round(), tensor, value, subject, ("not an integer", "non-integer"), hint)
+
+
+def _read_tensor(value, subject: str, expected: str, integers: bool = False, hint: str = "") -> torch.Tensor:
+    """The learner's answer as a detached CPU tensor of finite real numbers (of integers when
+    `integers`), or a refusal saying exactly why not. `subject` starts each message ("scale is")."""
+    tensor = _to_tensor(value, subject, expected)
+    _refuse_unusable_dtype(tensor, value, subject, expected, integers)
+    _refuse_non_finite(tensor, value, subject, expected)
+    if integers:
+        _refuse_non_integers(tensor, value, subject, hint or f"expected {expected}.")
+    return tensor
+
+
+def _read_number(value, name: str, integer: bool = False, hint: str = ""):
+    """One finite number (a Python int when `integer`) from any form holding exactly one value."""
+    expected = f"one {'integer' if integer else 'number'}"
+    tensor = _read_tensor(value, f"{name} is", expected, integer, hint)
+    if tensor.numel() != 1:
+        raise _NotYet(f"{name} is {_describe(value)}; expected {expected}.", hint)
+    number = tensor.item()
+    return int(number) if integer else float(number)
+
+
+def _read_zero_point(value, name: str = "zero_point") -> int:
+    """A zero point as a Python int; non-integers are refused with the reason zero points are integers."""
+    return _read_number(value, name, integer=True, hint=_ZERO_POINTS_ARE_INTEGERS)
+
+
+def _require_shape(tensor: torch.Tensor, value, shape, subject: str, hint: str = "") -> None:
+    """Shapes are compared before values, so that a broadcasting slip is named as such."""
+    if tuple(tensor.shape) != tuple(shape):
+        raise _NotYet(f"{subject} {_describe(value)}; expected a tensor of shape {tuple(shape)}.", hint)
+
+
+def _read_pair(value, subject: str) -> tuple:
+    """The two items of a (min, max) answer: a tuple or list of two, or a tensor / array of two values."""
+    items = list(torch.as_tensor(value).flatten()) if isinstance(value, (torch.Tensor, np.ndarray)) else value
+    if not isinstance(items, (tuple, list)) or len(items) != 2:
+        raise _NotYet(f"{subject} {_describe(value)}; it should return a pair (min, max) of numbers.",
+                      "end with `return lo, hi`.")
+    return tuple(items)
+
+
 def _observer_qparams(xmin, xmax, dtype, symmetric, reduce_range):
     from torch.ao.quantization import MinMaxObserver
 
@@ -34,19 +255,19 @@ def _observer_qparams(xmin, xmax, dtype, symmetric, reduce_range):
     return float(scale), int(zero_point)
 
 
+@_checker("scale: one finite number (a float or a one-element tensor); zero_point: one integer")
 def check_qparams(scale, zero_point, xmin, xmax, dtype=torch.quint8, symmetric=False,
                   reduce_range=False) -> bool:
-    """Is (scale, zero_point) what MinMaxObserver chooses for data spanning [xmin, xmax]?"""
+    """Is (scale, zero_point) what MinMaxObserver chooses for data spanning [xmin, xmax]?
+
+    Judged by value: a scale of any float dtype within 1e-6 (relative), a zero point with an
+    integer value in any form (3, 3.0, torch.tensor(3)); a non-integer zero point is refused.
+    """
     expected_scale, expected_zp = _observer_qparams(xmin, xmax, dtype, symmetric, reduce_range)
     setting = (f"{'symmetric' if symmetric else 'affine'} {str(dtype).split('.')[-1]}"
                f"{', reduce_range' if reduce_range else ''}")
     qmin, qmax = qmath.qrange(dtype, reduce_range)
-    if scale is None or zero_point is None:
-        return report(False, "", "scale or zero_point is still None.", "compute both from xmin and xmax.")
-    try:
-        scale = float(scale)
-    except (TypeError, ValueError):
-        return report(False, "", f"scale should be a number, not {scale!r}.")
+    scale, zero_point = _read_number(scale, "scale"), _read_zero_point(zero_point)
     if not math.isclose(scale, expected_scale, rel_tol=1e-6):
         hint = (f"the range is first widened to include 0; then S = (max - min) / (qmax - qmin) with "
                 f"[qmin, qmax] = [{qmin}, {qmax}].")
@@ -59,9 +280,7 @@ def check_qparams(scale, zero_point, xmin, xmax, dtype=torch.quint8, symmetric=F
         hint = ("symmetric: Z sits in the middle of the integers (0 for qint8, 128 for quint8)."
                 if symmetric else
                 f"Z = qmin - round(min / S), with round half to even (torch.round), clamped to [{qmin}, {qmax}].")
-        if not isinstance(zero_point, int):
-            hint = "the zero point must be an integer (int), so that 0.0 is represented exactly. " + hint
-        return report(False, "", f"zero point {zero_point!r} differs from the observer's {expected_zp}.", hint)
+        return report(False, "", f"zero point {zero_point} differs from the observer's {expected_zp}.", hint)
     return report(True, f"S = {expected_scale:.8g}, Z = {expected_zp}, as MinMaxObserver ({setting}) computes.")
 
 
@@ -78,20 +297,34 @@ def _quantize_cases(dtype):
     ]
 
 
+def _read_quantized_integers(got, label: str, x: torch.Tensor, dtype) -> torch.Tensor:
+    """The integers fn returned on one case, or a refusal: not a tensor of x's shape, floats
+    (even integral ones: the exercise is to return integers, as .int_repr() does), or an integer
+    dtype too narrow for [qmin, qmax]."""
+    qmin, qmax, int_dtype = qmath.QRANGES[dtype]
+    subject = f"on {label}, you returned"
+    tensor = _read_tensor(got, subject, f"an integer tensor of shape {tuple(x.shape)}", integers=True,
+                          hint="round x / S with torch.round before adding the zero point.")
+    _require_shape(tensor, got, x.shape, subject)
+    if tensor.is_floating_point():
+        raise _NotYet(f"{subject} a float tensor ({tensor.dtype}).",
+                      f"convert it to integers, e.g. .to({int_dtype}) after clamping.")
+    if torch.iinfo(tensor.dtype).min > qmin or torch.iinfo(tensor.dtype).max < qmax:
+        raise _NotYet(f"{subject} a {tensor.dtype} tensor, which cannot hold {dtype}'s range [{qmin}, {qmax}].",
+                      f"convert with .to({int_dtype}) after clamping.")
+    return tensor
+
+
+@_checker("fn: your function fn(x, scale, zero_point), returning an integer tensor shaped like x")
 def check_quantize(fn, dtype=torch.qint8) -> bool:
-    """Does fn(x, scale, zero_point) return torch.quantize_per_tensor(...).int_repr()'s integers?"""
+    """Does fn(x, scale, zero_point) return torch.quantize_per_tensor(...).int_repr()'s integers?
+
+    Judged by value in any integer dtype wide enough for [qmin, qmax] (a list of ints too); float
+    results are refused: the exercise is to produce the integers.
+    """
     for label, x, scale, zero_point in _quantize_cases(dtype):
         expected = torch.quantize_per_tensor(x, scale, zero_point, dtype).int_repr()
-        try:
-            got = fn(x.clone(), scale, zero_point)
-        except NotImplementedError:
-            return report(False, "", "the function is not written yet (it raises NotImplementedError).")
-        if not isinstance(got, torch.Tensor) or got.shape != x.shape:
-            return report(False, "", f"on {label}: expected a tensor of shape {tuple(x.shape)}, got "
-                          f"{type(got).__name__}{'' if not isinstance(got, torch.Tensor) else tuple(got.shape)}.")
-        if got.is_floating_point():
-            return report(False, "", f"on {label}: the result is a float tensor ({got.dtype}).",
-                          f"convert it to integers, e.g. .to({expected.dtype}) after clamping.")
+        got = _read_quantized_integers(_call_learner(fn, x.clone(), scale, zero_point), label, x, dtype)
         wrong = got.to(torch.int64) != expected.to(torch.int64)
         if wrong.any():
             i = int(wrong.nonzero()[0])
@@ -107,8 +340,14 @@ def check_quantize(fn, dtype=torch.qint8) -> bool:
                   "on ordinary values, exact ties and out-of-range values.")
 
 
+@_checker("fn: your function fn(batches, c), returning a pair (min, max) of numbers")
 def check_moving_average(fn, averaging_constant: float = 0.01) -> bool:
-    """Does fn(batches, c) return the (min, max) MovingAverageMinMaxObserver ends with?"""
+    """Does fn(batches, c) return the (min, max) MovingAverageMinMaxObserver ends with?
+
+    Bit for bit, in any form holding the two numbers (tuple, list, tensor of two, Python floats):
+    the exercise is to reproduce the observer's float32 arithmetic, so a float64 result counts
+    only if it equals the float32 one exactly.
+    """
     from torch.ao.quantization import MovingAverageMinMaxObserver
 
     torch.manual_seed(0)
@@ -117,13 +356,10 @@ def check_moving_average(fn, averaging_constant: float = 0.01) -> bool:
     for batch in batches:
         observer(batch)
     expected = (float(observer.min_val), float(observer.max_val))
-    try:
-        got = fn([b.clone() for b in batches], averaging_constant)
-        got = (float(got[0]), float(got[1]))
-    except NotImplementedError:
-        return report(False, "", "the function is not written yet (it raises NotImplementedError).")
-    except (TypeError, IndexError, ValueError):
-        return report(False, "", "fn(batches, c) should return a pair (min, max) of numbers.")
+    lo, hi = _read_pair(_call_learner(fn, [b.clone() for b in batches], averaging_constant),
+                        "your function returned")
+    got = (_read_number(lo, "the min (the first value returned)"),
+           _read_number(hi, "the max (the second value returned)"))
     if got == expected:
         return report(True, f"(min, max) = ({expected[0]:.6g}, {expected[1]:.6g}), as the observer computes.")
     close = all(math.isclose(g, e, rel_tol=1e-5) for g, e in zip(got, expected))
@@ -133,65 +369,96 @@ def check_moving_average(fn, averaging_constant: float = 0.01) -> bool:
     return report(False, "", f"got {got}, the observer has {expected}.", hint)
 
 
+@_checker("scales: one positive number per output channel (a tensor or list); zero_points: one integer "
+          "per output channel")
 def check_per_channel_qparams(scales, zero_points, weight: torch.Tensor) -> bool:
-    """Are these the per-channel (axis 0) symmetric qint8 qparams of x86's weight observer?"""
+    """Are these the per-channel (axis 0) symmetric qint8 qparams of x86's weight observer?
+
+    Judged by value in any shape holding one value per channel: scales of any float dtype but
+    float16 / bfloat16 (too few digits to match to 1e-6), zero points with integer values.
+    """
     from torch.ao.quantization import PerChannelMinMaxObserver
 
     observer = PerChannelMinMaxObserver(ch_axis=0, dtype=torch.qint8, qscheme=torch.per_channel_symmetric)
     observer(weight.detach())
-    expected_s, expected_z = observer.calculate_qparams()
-    try:
-        scales = torch.as_tensor(scales, dtype=torch.float32).flatten()
-        zero_points = torch.as_tensor(zero_points).flatten()
-    except (TypeError, ValueError, RuntimeError):
-        return report(False, "", "scales and zero_points should be tensors (or lists) of numbers.")
+    expected_s, expected_z = (v.to(torch.float64) for v in observer.calculate_qparams())
     channels = weight.shape[0]
+    scales = _read_tensor(scales, "scales is", f"{channels} scales, one per output channel").flatten()
+    zero_points = _read_tensor(zero_points, "zero_points is", f"{channels} integer zero points", integers=True,
+                               hint=_ZERO_POINTS_ARE_INTEGERS).flatten()
     if scales.numel() != channels or zero_points.numel() != channels:
         return report(False, "", f"expected one scale and one zero point per output channel ({channels}), "
                       f"got {scales.numel()} and {zero_points.numel()}.", "reduce over every axis but 0.")
-    if not torch.equal(zero_points.to(torch.int64), expected_z.to(torch.int64)):
+    if not torch.equal(zero_points.to(torch.float64), expected_z):
         return report(False, "", "the zero points differ.", "symmetric qint8 puts every zero point at 0.")
-    if not torch.allclose(scales, expected_s, rtol=1e-6, atol=0):
-        c = int((~torch.isclose(scales, expected_s, rtol=1e-6, atol=0)).nonzero()[0])
-        return report(False, "", f"{int((~torch.isclose(scales, expected_s, rtol=1e-6, atol=0)).sum())} of "
-                      f"{channels} scales differ; channel {c}: {scales[c].item():.6g} vs {expected_s[c].item():.6g}.",
+    differs = ~torch.isclose(scales.to(torch.float64), expected_s, rtol=1e-6, atol=0)
+    if differs.any():
+        c = int(differs.nonzero()[0])
+        return report(False, "", f"{int(differs.sum())} of {channels} scales differ; channel {c}: "
+                      f"{scales[c].item():.6g} vs {expected_s[c].item():.6g}.",
                       "per channel: S_c = max(|min_c|, |max_c|) / 127.5 (qmax - qmin = 255, halved).")
     return report(True, f"all {channels} scales and zero points equal PerChannelMinMaxObserver's.")
 
 
+def _folding_hint(name: str, got: torch.Tensor) -> str:
+    """The formula for `name`, prefixed by the likely cause when the answer is an integer tensor."""
+    hint = ("w' = w * gamma / sqrt(running_var + eps): the square root of the variance plus eps."
+            if name == "weight" else
+            "b' = (b - running_mean) * gamma / sqrt(running_var + eps) + beta, with b = 0 for a "
+            "conv without bias.")
+    if not got.is_floating_point():
+        hint = f"your {name} is an integer tensor ({got.dtype}), but the folded values are fractions. " + hint
+    return hint
+
+
+@_checker("weight and bias: float tensors shaped like the conv's weight and its output channels")
 def check_folded_conv(weight, bias, conv, bn, rtol: float = 1e-5) -> bool:
-    """Are (weight, bias) the Conv+BN folding of `bn(conv(.))` (eval mode), as qlib.fusion.fold_bn gives?"""
+    """Are (weight, bias) the Conv+BN folding of `bn(conv(.))` (eval mode), as qlib.fusion.fold_bn gives?
+
+    Judged by value, to `rtol`: float32 or float64 tensors (or nested lists) of the right shape;
+    float16 / bfloat16 are refused (too few digits).
+    """
     from .fusion import fold_bn
 
     expected = fold_bn(conv, bn)
-    for name, got, want in (("weight", weight, expected.weight.detach()), ("bias", bias, expected.bias.detach())):
-        if not isinstance(got, torch.Tensor):
-            return report(False, "", f"{name} should be a tensor, not {type(got).__name__}.")
-        got = got.detach()
-        if got.shape != want.shape:
-            hint = ("gamma / sqrt(var + eps) has one value per output channel: reshape it to (-1, 1, 1, 1) "
-                    "to scale each filter." if name == "weight" else "the bias has one value per output channel.")
-            return report(False, "", f"{name} has shape {tuple(got.shape)}, expected {tuple(want.shape)}.", hint)
-        if not torch.allclose(got, want, rtol=rtol, atol=rtol * float(want.abs().max())):
-            error = (got - want).abs()
+    for name, answer, want in (("weight", weight, expected.weight.detach()), ("bias", bias, expected.bias.detach())):
+        got = _read_tensor(answer, f"{name} is", f"a float tensor of shape {tuple(want.shape)}")
+        hint = ("gamma / sqrt(var + eps) has one value per output channel: reshape it to (-1, 1, 1, 1) "
+                "to scale each filter." if name == "weight" else "the bias has one value per output channel.")
+        _require_shape(got, answer, want.shape, f"{name} is", hint)
+        error = (got.to(torch.float64) - want.to(torch.float64)).abs()
+        if (error > rtol * (want.abs().to(torch.float64) + float(want.abs().max()))).any():
             channel = int(error.flatten(1).amax(1).argmax()) if error.dim() > 1 else int(error.argmax())
-            hint = ("w' = w * gamma / sqrt(running_var + eps): the square root of the variance plus eps."
-                    if name == "weight" else
-                    "b' = (b - running_mean) * gamma / sqrt(running_var + eps) + beta, with b = 0 for a "
-                    "conv without bias.")
-            return report(False, "", f"{name} differs from the folded one, first at output channel {channel}.", hint)
+            return report(False, "", f"{name} differs from the folded one, first at output channel {channel}.",
+                          _folding_hint(name, got))
     return report(True, "The folded convolution equals BN(conv(x)) in eval mode.")
 
 
-def check_layer_qparams(scale, zero_point, qmodel, name: str) -> bool:
-    """Are (scale, zero_point) the output qparams of module `name` of the converted `qmodel`?"""
-    module = qmodel.get_submodule(name)
-    want_scale, want_zero_point = float(module.scale), int(module.zero_point)
+def _output_qparams(qmodel, name: str) -> tuple[float, int]:
+    """The (scale, zero_point) module `name` of a converted model writes its output with."""
+    if not isinstance(qmodel, torch.nn.Module):
+        raise _NotYet(f"the model is {_describe(qmodel)}; expected the converted model (an nn.Module).")
     try:
-        scale, zero_point = float(scale), int(zero_point)
-    except (TypeError, ValueError):
-        return report(False, "", "scale and zero_point should be numbers.")
-    if scale != want_scale:
+        module = qmodel.get_submodule(name)
+    except AttributeError:
+        raise _NotYet(f"the model has no module named {name!r}.",
+                      "names are the dotted paths listed by model.named_modules(), e.g. 'classifier.4'.") from None
+    if not hasattr(module, "scale") or not hasattr(module, "zero_point"):
+        raise _NotYet(f"model.{name} is {kind_of(module)}, which has no output scale: is the model converted?",
+                      "pass the model returned by torch.ao.quantization.convert.")
+    return float(module.scale), int(module.zero_point)
+
+
+@_checker("scale: one number; zero_point: one integer")
+def check_layer_qparams(scale, zero_point, qmodel, name: str) -> bool:
+    """Are (scale, zero_point) the output qparams of module `name` of the converted `qmodel`?
+
+    Judged by value: a scale equal to the module's up to float32 rounding (1e-6 relative), in any
+    form; a zero point with an integer value; a non-integer zero point is refused, never truncated.
+    """
+    want_scale, want_zero_point = _output_qparams(qmodel, name)
+    scale, zero_point = _read_number(scale, "scale"), _read_zero_point(zero_point)
+    if not math.isclose(scale, want_scale, rel_tol=1e-6):
         return report(False, "", f"{scale} is not the output scale of {name}.",
                       f"a converted module keeps its output's scale as an attribute: model.{name}.scale")
     if zero_point != want_zero_point:

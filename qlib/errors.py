@@ -28,8 +28,9 @@ def kind_of(value) -> str:
     import torch
 
     if isinstance(value, torch.Tensor):
-        dtype = str(value.dtype).replace("torch.", "")
-        return f"a {dtype} tensor of shape {tuple(value.shape)}"
-    if isinstance(value, np.ndarray):
-        return f"a numpy array ({value.dtype}, shape {value.shape})"
-    return f"a {type(value).__name__}"
+        noun = f"{str(value.dtype).replace('torch.', '')} tensor of shape {tuple(value.shape)}"
+    elif isinstance(value, np.ndarray):
+        noun = f"numpy array ({value.dtype}, shape {value.shape})"
+    else:
+        noun = type(value).__name__
+    return f"{'an' if noun[:1].lower() in 'aeiou' else 'a'} {noun}"
