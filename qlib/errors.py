@@ -34,3 +34,13 @@ def kind_of(value) -> str:
     else:
         noun = type(value).__name__
     return f"{'an' if noun[:1].lower() in 'aeiou' else 'a'} {noun}"
+
+
+def shown(value) -> str:
+    """`value` as an error message shows it: an int or None as written (`0`), a short number or string
+    with its kind (`a float (2.5)`, `a str ('64')`, `a bool (True)`), anything else by its kind."""
+    if value is None or (isinstance(value, int) and not isinstance(value, bool)):
+        return repr(value)
+    if isinstance(value, (bool, float)) or (isinstance(value, str) and len(value) <= 40):
+        return f"{kind_of(value)} ({value!r})"
+    return kind_of(value)

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from qlib import data
+from qlib.errors import BadInputError
 from qlib.smoke import sized, smoke
 
 
@@ -47,9 +48,9 @@ def test_subsets_are_deterministic_and_seeded():
 
 
 def test_subset_size_is_checked(train):
-    with pytest.raises(ValueError, match="between 1"):
+    with pytest.raises(BadInputError, match="between 1"):
         data.deterministic_subset(train, 0)
-    with pytest.raises(ValueError, match="between 1"):
+    with pytest.raises(BadInputError, match="between 1"):
         data.deterministic_subset(train, 60_001)
 
 
@@ -88,18 +89,18 @@ def test_reads_plain_and_gzipped_idx_from_the_first_folder_that_has_them(tmp_pat
 def test_corrupt_or_wrong_files_are_refused(tmp_path):
     (tmp_path / "t10k-images-idx3-ubyte").write_bytes(b"not an idx file")
     (tmp_path / "t10k-labels-idx1-ubyte").write_bytes(b"\x00\x00\x08\x01\x00\x00\x00\x05abc")
-    with pytest.raises(ValueError, match="magic"):
+    with pytest.raises(data.DataFileError, match="magic"):
         data.FashionMNIST("test", search_dirs=[tmp_path])
-    with pytest.raises(ValueError, match="truncated"):
+    with pytest.raises(data.DataFileError, match="truncated"):
         data.read_idx(tmp_path / "t10k-labels-idx1-ubyte")
     _write_idx(tmp_path / "t10k-images-idx3-ubyte", torch.zeros(3, 28, 28, dtype=torch.uint8), False)
     _write_idx(tmp_path / "t10k-labels-idx1-ubyte", torch.zeros(3, dtype=torch.uint8), False)
-    with pytest.raises(ValueError, match="expected"):
+    with pytest.raises(data.DataFileError, match="expected"):
         data.FashionMNIST("test", search_dirs=[tmp_path])
 
 
 def test_unknown_split_is_refused():
-    with pytest.raises(ValueError, match="'train' or 'test'"):
+    with pytest.raises(BadInputError, match="'train' or 'test'"):
         data.fashion_mnist("validation")
 
 
