@@ -15,11 +15,28 @@ from typing import Sequence
 import torch
 
 from . import qmath
+from .errors import BadInputError, kind_of
+
+
+def _checked(batches: Sequence[torch.Tensor]) -> Sequence[torch.Tensor]:
+    """`batches` if it is a non-empty list of finite real tensors: a lone tensor would be read row by
+    row and a NaN would become the range, both without an error."""
+    if isinstance(batches, torch.Tensor) or not isinstance(batches, Sequence) or len(batches) == 0:
+        raise BadInputError(f"The observers' range rules take a non-empty list of batches, not {kind_of(batches)}; "
+                            "wrap a single tensor in a list: [x].")
+    for index, batch in enumerate(batches):
+        if not isinstance(batch, torch.Tensor) or batch.is_quantized or batch.is_complex() or batch.numel() == 0:
+            raise BadInputError(f"Batch {index} is {kind_of(batch)}; an observer sees non-empty real float "
+                                "tensors (dequantize a quantized one, convert numpy with torch.from_numpy).")
+        if not bool(torch.isfinite(batch).all()):
+            raise BadInputError(f"Batch {index} holds NaN or infinite values: the range would become NaN or "
+                                "infinite and every scale with it. Remove them first (torch.isfinite).")
+    return batches
 
 
 def minmax_range(batches: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """MinMaxObserver: the running min and max over all batches (float32 scalars)."""
-    lo, hi = torch.aminmax(batches[0].float())
+    lo, hi = torch.aminmax(_checked(batches)[0].float())
     for batch in batches[1:]:
         cur_lo, cur_hi = torch.aminmax(batch.float())
         lo, hi = torch.minimum(lo, cur_lo), torch.maximum(hi, cur_hi)
@@ -30,7 +47,11 @@ def moving_average_range(batches: Sequence[torch.Tensor], averaging_constant: fl
                          ) -> tuple[torch.Tensor, torch.Tensor]:
     """MovingAverageMinMaxObserver: the first batch sets (min, max); each later one moves them
     by a fraction c of the way: min <- min + c * (batch_min - min), in float32."""
-    lo, hi = torch.aminmax(batches[0].float())
+    if isinstance(averaging_constant, bool) or not isinstance(averaging_constant, (int, float)) \
+            or not 0 < averaging_constant <= 1:
+        raise BadInputError(f"averaging_constant={averaging_constant!r} must be a number in (0, 1]: the fraction "
+                            "of the way each batch moves the range (torch's default is 0.01).")
+    lo, hi = torch.aminmax(_checked(batches)[0].float())
     for batch in batches[1:]:
         cur_lo, cur_hi = torch.aminmax(batch.float())
         lo = lo + averaging_constant * (cur_lo - lo)
@@ -40,7 +61,7 @@ def moving_average_range(batches: Sequence[torch.Tensor], averaging_constant: fl
 
 def per_channel_range(batches: Sequence[torch.Tensor], axis: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """PerChannelMinMaxObserver: running (min, max) of each channel along `axis`."""
-    lo, hi = qmath.channel_ranges(batches[0], axis)
+    lo, hi = qmath.channel_ranges(_checked(batches)[0], axis)
     for batch in batches[1:]:
         cur_lo, cur_hi = qmath.channel_ranges(batch, axis)
         lo, hi = torch.minimum(lo, cur_lo), torch.maximum(hi, cur_hi)
@@ -76,8 +97,10 @@ def vpmaddubsw(activations_u8: torch.Tensor, weights_s8: torch.Tensor) -> torch.
     a = activations_u8.to(torch.int32)
     w = weights_s8.to(torch.int32)
     if a.shape[-1] % 2 or a.shape != w.shape:
-        raise ValueError("vpmaddubsw multiplies equal-shaped tensors whose last axis has even length.")
+        raise BadInputError("vpmaddubsw multiplies equal-shaped tensors whose last axis has even length (the "
+                            "instruction sums products in pairs); pad the last axis with a zero.")
     if a.min() < 0 or a.max() > 255 or w.min() < -128 or w.max() > 127:
-        raise ValueError("activations must be in [0, 255] (u8), weights in [-128, 127] (s8).")
+        raise BadInputError("activations must be in [0, 255] (u8), weights in [-128, 127] (s8): the "
+                            "instruction reads unsigned times signed bytes; clamp or requantize them first.")
     pairs = (a * w).reshape(*a.shape[:-1], -1, 2).sum(-1)
     return pairs.clamp(-(2**15), 2**15 - 1)

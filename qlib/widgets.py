@@ -14,6 +14,7 @@ import matplotlib.pyplot as plt
 import torch
 
 from . import qmath
+from .errors import BadInputError, kind_of
 
 SCHEMES = ("affine", "symmetric")
 DISTRIBUTIONS = ("gaussian", "laplace (heavy tails)", "after ReLU")
@@ -29,15 +30,16 @@ def sample(distribution: str = "gaussian", n: int = 20_000, seed: int = 0) -> to
         return -torch.sign(u) * torch.log1p(-2 * u.abs()) / 2 ** 0.5  # unit variance
     if distribution == "after ReLU":
         return torch.relu(torch.randn(n, generator=generator) + 0.5)
-    raise ValueError(f"distribution={distribution!r} is not one of {DISTRIBUTIONS}.")
+    raise BadInputError(f"distribution={distribution!r} is not one the explorer knows; choose one of {DISTRIBUTIONS}.")
 
 
 def integer_range(bits: int, scheme: str) -> tuple[int, int]:
     """Unsigned [0, 2^b - 1] for the affine scheme, signed [-2^(b-1), 2^(b-1) - 1] for symmetric."""
-    if not isinstance(bits, int) or not 2 <= bits <= 16:
-        raise ValueError(f"bits={bits!r} must be an integer from 2 to 16.")
+    if isinstance(bits, bool) or not isinstance(bits, int) or not 2 <= bits <= 16:
+        raise BadInputError(f"bits={bits!r}: the explorer's integers have a whole number of bits from 2 to 16.")
     if scheme not in SCHEMES:
-        raise ValueError(f"scheme={scheme!r} is not one of {SCHEMES}.")
+        raise BadInputError(f"scheme={scheme!r} is not a quantization scheme the explorer draws; choose one of "
+                            f"{SCHEMES}.")
     if scheme == "affine":
         return 0, 2**bits - 1
     return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
@@ -92,6 +94,9 @@ def explore(bits: int = 8, xmin: float = -3.0, xmax: float = 3.0, scheme: str = 
     qmin, qmax = integer_range(bits, scheme)
     scale, zero_point = qmath.qparams_for_range(xmin, xmax, qmin, qmax, symmetric=scheme == "symmetric")
     x = sample(distribution) if x is None else x
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point() or not bool(torch.isfinite(x).all()):
+        raise BadInputError(f"x must be a finite float tensor to quantize, not {kind_of(x)} (or one with NaN / "
+                            "inf); leave it out to use the explorer's own sample.")
     q = qmath.quantize_to_range(x, scale, zero_point, qmin, qmax)
     x_hat = (q - zero_point).to(torch.float32) * torch.tensor(scale, dtype=torch.float32)
     return Exploration(bits, scheme, float(xmin), float(xmax), qmin, qmax, scale, zero_point, x, q, x_hat)

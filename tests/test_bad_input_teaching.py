@@ -1,0 +1,96 @@
+"""Bad input to the teaching helpers (observers' range rules, the quantization explorer, the
+activation recorder): each case asserts the error type and that the message names cause and fix."""
+
+import re
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from qlib import activations, observers, widgets
+from qlib.errors import BadInputError
+
+RANGE_RULES = {"minmax": observers.minmax_range, "moving average": observers.moving_average_range,
+               "per channel": lambda b: observers.per_channel_range(b, axis=0)}
+BAD_BATCHES = {
+    "one tensor": (torch.randn(4, 3), "non-empty list of batches", r"\[x\]"),
+    "empty list": ([], "non-empty list of batches", "wrap"),
+    "None": (None, "a NoneType", "wrap"),
+    "a generator": ((b for b in [torch.randn(3)]), "a generator", "list"),
+    "numpy batch": ([np.zeros(3, dtype=np.float32)], "numpy array", "from_numpy"),
+    "quantized batch": ([torch.quantize_per_tensor(torch.randn(3), 0.1, 0, torch.quint8)], "quint8", "dequantize"),
+    "empty batch": ([torch.randn(0)], "shape \\(0,\\)", "non-empty"),
+    "complex batch": ([torch.randn(3, dtype=torch.complex64)], "complex64", "real float"),
+    "nan": ([torch.tensor([0.0, float("nan")])], "NaN or infinite", "isfinite"),
+    "inf in a later batch": ([torch.ones(3), torch.tensor([float("inf")])], "Batch 1 holds NaN or infinite", "Remove"),
+    "a list of numbers": ([1.0, 2.0], "Batch 0 is a float", "real float tensors"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_BATCHES)
+@pytest.mark.parametrize("rule", RANGE_RULES)
+def test_range_rules_refuse_what_an_observer_never_sees(rule, case):
+    batches, cause, fix = BAD_BATCHES[case]
+    with pytest.raises(BadInputError, match=cause) as error:
+        RANGE_RULES[rule](batches)
+    assert re.search(fix, str(error.value)), str(error.value)
+
+
+@pytest.mark.parametrize("constant", [0, -0.1, 1.5, "0.01", True, float("nan")])
+def test_moving_average_constant_is_a_fraction(constant):
+    with pytest.raises(BadInputError, match=r"averaging_constant=.*in \(0, 1\].*0\.01"):
+        observers.moving_average_range([torch.randn(4)], constant)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.floats(-1e6, 1e6, width=32), min_size=1, max_size=20), st.integers(0, 19))
+def test_one_non_finite_value_anywhere_is_refused(values, position):
+    batch = torch.tensor(values)
+    batch[position % len(values)] = float("nan")
+    with pytest.raises(BadInputError, match="NaN or infinite"):
+        observers.minmax_range([torch.randn(5), batch])
+
+
+@pytest.mark.parametrize("a, b, cause", [
+    (torch.zeros(3), torch.zeros(3), "even length"), (torch.zeros(4), torch.zeros(2), "equal-shaped"),
+    (torch.full((2,), 256), torch.zeros(2), r"\[0, 255\]"), (torch.zeros(2), torch.full((2,), -129), "s8"),
+])
+def test_vpmaddubsw_names_what_the_instruction_takes(a, b, cause):
+    with pytest.raises(BadInputError, match=cause) as error:
+        observers.vpmaddubsw(a, b)
+    assert re.search("pad|clamp", str(error.value))
+
+
+EXPLORER = [
+    (dict(bits=1), "bits=1", "2 to 16"), (dict(bits=17), "bits=17", "2 to 16"),
+    (dict(bits=8.0), "bits=8.0", "whole number"), (dict(bits=True), "bits=True", "whole number"),
+    (dict(scheme="log"), "scheme='log'", "choose one of"), (dict(scheme=None), "scheme=None", "affine"),
+    (dict(distribution="uniform"), "distribution='uniform'", "choose one of"),
+    (dict(x=[0.1, 0.2]), "a list", "leave it out"), (dict(x=torch.arange(5)), "int64 tensor", "finite float"),
+    (dict(x=torch.tensor([0.0, float("nan")])), "NaN", "leave it out"),
+]
+
+
+@pytest.mark.parametrize("kwargs, cause, fix", EXPLORER, ids=[str(k) for k, *_ in EXPLORER])
+def test_the_explorer_refuses_what_it_cannot_draw(kwargs, cause, fix):
+    with pytest.raises(BadInputError, match=re.escape(cause)) as error:
+        widgets.explore(**kwargs)
+    assert re.search(fix, str(error.value)), str(error.value)
+
+
+def _tiny():
+    return nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU()).eval()
+
+
+@pytest.mark.parametrize("names, batches, cause, fix", [
+    ("0", [torch.randn(1, 1, 5, 5)], "one string, '0'", r"\['0'\]"),
+    (["conv9"], [torch.randn(1, 1, 5, 5)], "no submodule named", "named_modules"),
+    (["0"], torch.randn(2, 1, 5, 5), "one tensor", r"\[images\]"),
+])
+def test_the_activation_recorder_refuses_what_it_would_misread(names, batches, cause, fix):
+    with pytest.raises(BadInputError, match=cause) as error:
+        activations.record_outputs(_tiny(), names, batches)
+    assert re.search(fix, str(error.value)), str(error.value)
