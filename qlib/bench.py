@@ -24,9 +24,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .engines import engine_active, engine_of
+from .errors import check_whole
 from .metrics import as_tensors, evaluate
 from .paths import REPO_ROOT
-from .engines import engine_active, engine_of
 
 RESULTS = REPO_ROOT / "benchmarks" / "results.md"
 
@@ -36,9 +37,7 @@ def threads(count: int | None):
     """Fix torch's intra-op thread count inside the block (None: keep the current one)."""
     previous = torch.get_num_threads()
     if count is not None:
-        if count < 1:
-            raise ValueError(f"threads must be at least 1, got {count}.")
-        torch.set_num_threads(count)
+        torch.set_num_threads(check_whole(count, "threads", 1))
     try:
         yield torch.get_num_threads()
     finally:
@@ -64,8 +63,9 @@ class Latency:
 def latency(model: nn.Module, batch_size: int = 1, input_shape=(1, 28, 28), warmup: int = 5,
             repeats: int = 30, num_threads: int | None = 1, seed: int = 0) -> Latency:
     """Time `repeats` forward passes of a random batch after `warmup` untimed ones."""
-    if repeats < 1 or warmup < 0 or batch_size < 1:
-        raise ValueError("batch_size and repeats must be at least 1 and warmup at least 0.")
+    check_whole(batch_size, "batch_size", 1)
+    check_whole(repeats, "repeats", 1, example=30)
+    check_whole(warmup, "warmup", 0, example=5)
     x = torch.randn((batch_size, *input_shape), generator=torch.Generator().manual_seed(seed))
     model.eval()
     times = []
@@ -90,11 +90,14 @@ def benchmark(names=("seednet-fmnist", "resnet18-fmnist"), engines=None, calibra
     """
     from .data import calibration_subset, evaluation_subset
     from .inspection import size_bytes
-    from .pretrained import available, load
-    from .engines import available_engines
+    from .engines import available_engines, check_engine
+    from .pretrained import available, load, spec
     from .ptq import quantize_static
 
-    engines = list(engines or available_engines())
+    engines = [check_engine(e) for e in (engines or available_engines())]
+    names = [names] if isinstance(names, str) else list(names)
+    for name in names:
+        spec(name)  # a misspelt name is an error, not a silent skip
     test = as_tensors(evaluation_subset(test_images))
     calibration = calibration_subset(calibration_images)
     rows = []

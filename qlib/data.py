@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from .errors import BadInputError, QlibError, kind_of, shown
+from .errors import BadInputError, QlibError, check_flag, check_whole, kind_of, shown
 from .paths import DATA_DIR, as_path
 
 # Mean and standard deviation of the 60,000 training images, pixels scaled to [0, 1].
@@ -227,7 +227,7 @@ class FashionMNIST(Dataset):
 
     def __init__(self, split: str = "train", download: bool = False, search_dirs=None):
         _split_files(split)
-        _check_flag(download, "download")
+        check_flag(download, "download")
         if download:
             download_raw()
         images_path, labels_path = find_raw_files(split, search_dirs)
@@ -269,25 +269,9 @@ def fashion_mnist(split: str = "train", download: bool = False) -> FashionMNIST:
     return FashionMNIST(split, download=download)
 
 
-def _check_flag(value, what: str) -> None:
-    if not isinstance(value, bool):
-        raise BadInputError(f"{what} must be True or False, not {shown(value)}: a string such "
-                            "as 'no' is truthy and would silently mean True.")
-
-
 def _check_count(n, size: int, what: str = "n") -> None:
-    """A number of images is a whole number from 1 to the data set's size; 2.5 or True is no count."""
-    if isinstance(n, bool) or not isinstance(n, numbers.Integral):
-        raise BadInputError(f"{what} must be a whole number of images, between 1 and the data set's size "
-                            f"{size}, not {shown(n)}; pass e.g. {what}=256.")
-    if not 0 < n <= size:
-        raise BadInputError(f"{what}={n} must be between 1 and the data set's size {size}; pass a count in "
-                            "that range.")
-
-
-def _check_seed(seed) -> None:
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-        raise BadInputError(f"seed must be a whole number, not {shown(seed)}; pass e.g. seed=0.")
+    """A number of images is a whole number from 1 to the data set's size."""
+    check_whole(n, what, 1, size, example=min(256, size))
 
 
 def deterministic_subset(dataset: Dataset, n: int, seed: int = 0) -> Subset:
@@ -296,7 +280,7 @@ def deterministic_subset(dataset: Dataset, n: int, seed: int = 0) -> Subset:
         raise BadInputError(f"dataset must be a torch Dataset with a length (e.g. data.fashion_mnist('train')), "
                             f"not {kind_of(dataset)}; wrap tensors in torch.utils.data.TensorDataset.")
     _check_count(n, len(dataset))
-    _check_seed(seed)
+    check_whole(seed, "seed")
     generator = torch.Generator().manual_seed(seed)
     indices = torch.randperm(len(dataset), generator=generator)[:n]
     return Subset(dataset, indices.tolist())
@@ -305,14 +289,14 @@ def deterministic_subset(dataset: Dataset, n: int, seed: int = 0) -> Subset:
 def calibration_subset(n: int = 2048, seed: int = 0) -> Subset:
     """`n` training images for calibrating observers (never the test images we report on)."""
     _check_count(n, SPLITS["train"][2])  # before reading 60,000 images
-    _check_seed(seed)
+    check_whole(seed, "seed")
     return deterministic_subset(fashion_mnist("train"), n, seed)
 
 
 def evaluation_subset(n: int = 10_000, seed: int = 0) -> Dataset:
     """`n` test images; the whole test split when n is 10,000."""
     _check_count(n, SPLITS["test"][2])
-    _check_seed(seed)
+    check_whole(seed, "seed")
     test = fashion_mnist("test")
     return test if n == len(test) else deterministic_subset(test, n, seed)
 
@@ -323,11 +307,10 @@ def loader(dataset: Dataset, batch_size: int = 256, shuffle: bool = False, seed:
         raise BadInputError(f"loader takes a torch Dataset (e.g. data.calibration_subset(256)), not "
                             f"{kind_of(dataset)}: a DataLoader over a tuple (images, labels) would batch the "
                             "tuple, not the images. Wrap tensors in torch.utils.data.TensorDataset(images, labels).")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
-        raise BadInputError(f"batch_size must be a whole number >= 1, not {shown(batch_size)}; "
-                            "None would silently yield single images without a batch dimension. Pass e.g. 256.")
-    _check_flag(shuffle, "shuffle")
-    _check_seed(seed)
+    check_whole(batch_size, "batch_size", 1, example=256,
+                why=" (None would silently yield single images without a batch dimension)")
+    check_flag(shuffle, "shuffle")
+    check_whole(seed, "seed")
     generator = torch.Generator().manual_seed(seed) if shuffle else None
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator)
 

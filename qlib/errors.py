@@ -44,3 +44,25 @@ def shown(value) -> str:
     if isinstance(value, (bool, float)) or (isinstance(value, str) and len(value) <= 40):
         return f"{kind_of(value)} ({value!r})"
     return kind_of(value)
+
+
+def check_whole(value, what: str, minimum: int = 0, maximum: int | None = None, example=None, why: str = ""):
+    """`value` if it is a whole number in [minimum, maximum]: counts, sizes and seeds (2.5 images, True
+    or '64' would fail deep inside torch, or silently mean something else)."""
+    import numbers
+
+    bounds = f">= {minimum}" if maximum is None else f"from {minimum} to {maximum}"
+    if (isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum
+            or (maximum is not None and value > maximum)):
+        example = minimum if example is None else example
+        raise BadInputError(f"{what} must be a whole number {bounds}, not {shown(value)}{why}; "
+                            f"pass e.g. {what}={example}.")
+    return value
+
+
+def check_flag(value, what: str):
+    """`value` if it is True or False: a string such as 'no' is truthy and would silently mean True."""
+    if not isinstance(value, bool):
+        raise BadInputError(f"{what} must be True or False, not {shown(value)}: a string such "
+                            "as 'no' is truthy and would silently mean True.")
+    return value

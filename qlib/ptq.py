@@ -20,7 +20,7 @@ from torch.ao.quantization.observer import ObserverBase
 from tqdm.auto import tqdm
 
 from .engines import check_engine, use_engine
-from .errors import BadInputError, PipelineOrderError, kind_of
+from .errors import BadInputError, PipelineOrderError, check_whole, kind_of
 from .quantizable import check_quantizable
 
 
@@ -113,13 +113,6 @@ def _batches(calibration_data, num_batches: int | None) -> Iterable[torch.Tensor
         yield _images_of(batch, index)
 
 
-def _check_num_batches(num_batches) -> None:
-    if num_batches is not None and (isinstance(num_batches, bool) or not isinstance(num_batches, int)
-                                    or num_batches < 1):
-        raise BadInputError(f"num_batches={num_batches!r}: it must be a whole number of batches, at least 1, "
-                            "or None to use every batch.")
-
-
 def calibrate(prepared: nn.Module, calibration_data, num_batches: int | None = None,
               progress: bool = True) -> int:
     """Run calibration batches through a prepared model (observers record ranges); returns images seen.
@@ -128,7 +121,8 @@ def calibrate(prepared: nn.Module, calibration_data, num_batches: int | None = N
     make every later scale NaN without an error.
     """
     _require_prepared(prepared, "calibrate")
-    _check_num_batches(num_batches)
+    if num_batches is not None:
+        check_whole(num_batches, "num_batches", 1, example=8, why=" (or None to use every batch)")
     calibration_data = _batch_source(calibration_data)
     seen = 0
     total = len(calibration_data) if hasattr(calibration_data, "__len__") else None

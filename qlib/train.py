@@ -31,7 +31,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .data import fashion_mnist
-from .errors import BadInputError, QlibError, kind_of, shown
+from .errors import BadInputError, QlibError, check_whole, kind_of, shown
 from .metrics import accuracy, predict
 from .paths import CHECKPOINT_DIR, MANIFEST, as_path
 from .pretrained import CATALOGUE, CheckpointError, checkpoint_path, read_manifest, spec, state_dict_mismatch
@@ -51,8 +51,8 @@ def train(name: str, epochs: int | None = None, seed: int = 0, progress: bool = 
     """Train checkpoint `name` from its catalogue spec; returns (model, test accuracy, history)."""
     recipe = spec(name)
     epochs = recipe.epochs if epochs is None else epochs
-    _check_whole(epochs, "epochs", minimum=1)
-    _check_whole(seed, "seed")
+    check_whole(epochs, "epochs", 1)
+    check_whole(seed, "seed")
     torch.manual_seed(seed)
     torch.use_deterministic_algorithms(True)
     generator = torch.Generator().manual_seed(seed)
@@ -147,11 +147,11 @@ def _check_record(test_accuracy, history, epochs, seed, seconds) -> None:
         raise BadInputError(f"history must be the list of test accuracies by epoch, not {kind_of(history)}.")
     for value in history:
         _check_percentage(value, "each accuracy in history")
-    _check_whole(epochs, "epochs", minimum=1)
+    check_whole(epochs, "epochs", 1)
     if len(history) != epochs:
         raise BadInputError(f"history has {len(history)} accuracies for epochs={epochs}: the manifest would "
                             "contradict itself. Pass one accuracy per epoch (train() returns them).")
-    _check_whole(seed, "seed")
+    check_whole(seed, "seed")
     if isinstance(seconds, bool) or not isinstance(seconds, numbers.Real) or not 0 <= seconds < math.inf:
         raise BadInputError(f"seconds must be the training time, a finite number >= 0, not {seconds!r}.")
 
@@ -160,13 +160,6 @@ def _check_percentage(value, what: str) -> None:
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value <= 100:
         raise BadInputError(f"{what} must be an accuracy in percent, a number from 0 to 100, not "
                             f"{kind_of(value)} ({value!r}); metrics.accuracy gives one.")
-
-
-def _check_whole(value, what: str, minimum: int = 0) -> None:
-    """Epochs and seeds are counts: 2.5 epochs or seed='0' would fail deep inside torch, or not at all."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise BadInputError(f"{what} must be a whole number >= {minimum}, not {shown(value)}; "
-                            f"pass e.g. {what}={max(minimum, 1)}.")
 
 
 def _serialised(state: dict) -> bytes:

@@ -589,7 +589,7 @@ def test_calibration_subset_size_is_checked_before_reading_data(monkeypatch, n):
     monkeypatch.setattr(data, "fashion_mnist", lambda split: pytest.fail("read data before checking"))
     with pytest.raises(BadInputError) as caught:
         data.calibration_subset(n)
-    _says(str(caught.value), "between 1 and the data set's size 60000")
+    _says(str(caught.value), "from 1 to 60000")
 
 
 @pytest.mark.parametrize("n", BAD_COUNTS + [10_001], ids=repr)
@@ -597,7 +597,7 @@ def test_evaluation_subset_size_is_checked_before_reading_data(monkeypatch, n):
     monkeypatch.setattr(data, "fashion_mnist", lambda split: pytest.fail("read data before checking"))
     with pytest.raises(BadInputError) as caught:
         data.evaluation_subset(n)
-    _says(str(caught.value), "between 1 and the data set's size 10000")
+    _says(str(caught.value), "from 1 to 10000")
 
 
 @pytest.mark.parametrize("seed", ["0", 1.5, None])
@@ -611,8 +611,8 @@ SMALL = TensorDataset(torch.zeros(10, 1, 28, 28), torch.zeros(10, dtype=torch.lo
 
 
 @pytest.mark.parametrize("dataset, n, cause", [
-    (SMALL, 11, "n=11 must be between 1 and the data set's size 10"),
-    (SMALL, 3.0, "n must be a whole number of images"),
+    (SMALL, 11, "n must be a whole number from 1 to 10, not 11"),
+    (SMALL, 3.0, "n must be a whole number from 1 to 10, not a float"),
     ((torch.zeros(10, 1, 28, 28), torch.zeros(10)), 3, "TensorDataset"),
     ([1, 2, 3], 2, "dataset must be a torch Dataset"),
 ])
@@ -623,14 +623,14 @@ def test_deterministic_subset_checks_its_data_set_and_size(dataset, n, cause):
 
 
 @pytest.mark.parametrize("arguments, cause, fix", [
-    (dict(batch_size=0), "batch_size must be a whole number >= 1, not 0", "Pass e.g. 256"),
-    (dict(batch_size=-64), "not -64", "Pass e.g. 256"),
-    (dict(batch_size=2.5), "not a float (2.5)", "Pass e.g. 256"),
-    (dict(batch_size=None), "None would silently yield single images", "Pass e.g. 256"),
-    (dict(batch_size="64"), "not a str ('64')", "Pass e.g. 256"),
-    (dict(batch_size=True), "not a bool (True)", "Pass e.g. 256"),
+    (dict(batch_size=0), "batch_size must be a whole number >= 1, not 0", "pass e.g. batch_size=256"),
+    (dict(batch_size=-64), "not -64", "pass e.g. batch_size=256"),
+    (dict(batch_size=2.5), "not a float (2.5)", "pass e.g. batch_size=256"),
+    (dict(batch_size=None), "None would silently yield single images", "pass e.g. batch_size=256"),
+    (dict(batch_size="64"), "not a str ('64')", "pass e.g. batch_size=256"),
+    (dict(batch_size=True), "not a bool (True)", "pass e.g. batch_size=256"),
     (dict(shuffle="yes"), "shuffle must be True or False, not a str ('yes')", "would silently mean True"),
-    (dict(seed=0.5), "seed must be a whole number, not a float", "pass e.g. seed=0"),
+    (dict(seed=0.5), "seed must be a whole number >= 0, not a float", "pass e.g. seed=0"),
     (dict(dataset=(SMALL.tensors[0], SMALL.tensors[1])), "would batch the tuple, not the images",
      "Wrap tensors in torch.utils.data.TensorDataset(images, labels)"),
 ])

@@ -79,7 +79,7 @@ def test_bad_calibration_data_is_refused_with_cause_and_fix(case, qconfig, seedn
 
 @pytest.mark.parametrize("num_batches", [-1, 0, 1.5, True, "2"])
 def test_num_batches_must_be_a_positive_whole_number(num_batches, seednet, images):
-    with pytest.raises(BadInputError, match=r"num_batches=.*at least 1, or None"):
+    with pytest.raises(BadInputError, match=r"num_batches must be a whole number >= 1.*\(or None to use every batch\)"):
         ptq.quantize_static(seednet, [images], num_batches=num_batches, progress=False)
 
 

@@ -94,3 +94,32 @@ def test_the_activation_recorder_refuses_what_it_would_misread(names, batches, c
     with pytest.raises(BadInputError, match=cause) as error:
         activations.record_outputs(_tiny(), names, batches)
     assert re.search(fix, str(error.value)), str(error.value)
+
+
+@pytest.mark.parametrize("kwargs, cause", [
+    (dict(batch_size=0), "batch_size must be a whole number >= 1, not 0"),
+    (dict(repeats=0), "repeats must be a whole number >= 1, not 0"),
+    (dict(warmup=-1), "warmup must be a whole number >= 0, not -1"),
+    (dict(num_threads=0), "threads must be a whole number >= 1, not 0"),
+    (dict(batch_size=2.0), "not a float (2.0)"),
+])
+def test_latency_refuses_counts_that_are_not_counts(kwargs, cause):
+    from qlib import bench
+
+    with pytest.raises(BadInputError, match=re.escape(cause)) as error:
+        bench.latency(_tiny(), input_shape=(1, 5, 5), **kwargs)
+    assert "pass e.g." in str(error.value)
+
+
+@pytest.mark.parametrize("kwargs, error_type, cause", [
+    (dict(names=["seednet-fmnits"]), "CheckpointError", "Unknown checkpoint 'seednet-fmnits'"),
+    (dict(names=[3]), "BadInputError", "checkpoint name is a string"),
+    (dict(engines=["avx512"]), "BadInputError", "'avx512' is not available"),
+])
+def test_the_benchmark_refuses_a_misspelt_name_or_engine_before_any_work(kwargs, error_type, cause):
+    from qlib import bench
+
+    with pytest.raises(Exception, match=re.escape(cause)) as error:
+        bench.benchmark(test_images=10, progress=False, **kwargs)
+    assert type(error.value).__name__ == error_type
+    assert re.search("choose one of|pass one of", str(error.value)), str(error.value)
