@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from .errors import QlibError
+from .qmath import check_same_shape
 
 
 class FoldingError(QlibError, ValueError):
@@ -67,8 +68,14 @@ def fold_model_by_hand(model: nn.Module, groups: list[list[str]]) -> nn.Module:
     the model's forward() still runs unchanged.
     """
     fused = copy.deepcopy(model)
+    names = dict(fused.named_modules())
     for group in groups:
-        modules = [fused.get_submodule(name) for name in group]
+        missing = [name for name in group if name not in names] if not isinstance(group, str) else [group]
+        if missing:
+            raise FoldingError(f"Group {group!r} names {missing}, which {type(model).__name__} does not have as "
+                               "submodules; each group is a list of names from model.named_modules(), e.g. "
+                               "['features.0', 'features.1', 'features.2'].")
+        modules = [names[name] for name in group]
         if len(modules) not in (2, 3) or (len(modules) == 3 and not isinstance(modules[2], nn.ReLU)):
             raise FoldingError(f"Group {group} is not [conv, bn] or [conv, bn, relu].")
         folded = fold_bn(modules[0], modules[1])
@@ -86,5 +93,6 @@ def _set_submodule(root: nn.Module, path: str, module: nn.Module) -> None:
 
 
 def max_abs_difference(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Largest |a - b| over all elements, as a Python float."""
+    """Largest |a - b| over all elements, as a Python float (a and b: tensors of one shape)."""
+    check_same_shape(a, b, "max_abs_difference")
     return float((a.detach() - b.detach()).abs().max())

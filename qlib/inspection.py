@@ -18,7 +18,9 @@ import torch
 from torch import nn
 
 from .engines import engine_active, engine_of
+from .errors import BadInputError, QlibError, kind_of
 from .recorder import recording
+from .stages import check_converted
 
 
 def is_quantized_module(module: nn.Module) -> bool:
@@ -51,15 +53,51 @@ def trace_qparams(qmodel: nn.Module, sample: torch.Tensor) -> dict[str, dict]:
     (qlib.recorder: forward hooks, and a QFunctional's methods, through which it is called).
     Returns {module path: {"order", "inputs": [(scale, zp) or None...], "output": (scale, zp)}}.
     """
+    check_converted(qmodel, "trace_qparams")
+    return _trace(qmodel, sample, "trace_qparams", "")
+
+
+def _trace(qmodel: nn.Module, sample: Any, what: str, origin: str) -> dict[str, dict]:
+    """trace_qparams on a checked model; a sample the model refuses becomes one BadInputError."""
+    if not isinstance(sample, torch.Tensor):
+        raise BadInputError(f"{what} runs one sample through the model to see which qparams each module "
+                            f"receives; sample must be a float32 tensor the model accepts, not {kind_of(sample)}. "
+                            "Pass one input of the model's data, e.g. images[:1].")
     paths = [name for name, module in qmodel.named_modules() if is_quantized_module(module)]
-    with recording(qmodel, paths) as rec, engine_active(engine_of(qmodel)), torch.inference_mode():
-        qmodel(sample)
+    try:
+        with recording(qmodel, paths) as rec, engine_active(engine_of(qmodel)), torch.inference_mode():
+            qmodel(sample)
+    except QlibError:
+        raise
+    except (RuntimeError, ValueError) as error:
+        raise BadInputError(f"{what} ran the model on {origin or 'sample, '}{kind_of(sample)}, and the model "
+                            f"refused it ({type(error).__name__}: {str(error).splitlines()[0][:300]}). Pass "
+                            "sample=, one input the model accepts (e.g. images[:1] of the data it was "
+                            "calibrated on).") from error
     seen: dict[str, dict] = {}
     for call in rec.calls:
         if call.path not in seen:
             inputs = call.args[0] if call.method == "cat" else call.args
             seen[call.path] = dict(order=len(seen), inputs=[_qparams(t) for t in inputs], output=_qparams(call.output))
     return seen
+
+
+def default_sample(qmodel: nn.Module) -> tuple[torch.Tensor, str]:
+    """One zero input shaped for `qmodel`, read off its first conv or linear layer: [1, C, 28, 28]
+    (the course's image size) for a conv with C input channels, [1, F] for a linear layer with F
+    input features; and a description of where it came from for messages."""
+    for name, module in qmodel.named_modules():
+        if is_quantized_module(module) and isinstance(getattr(module, "in_channels", None), int):
+            return (torch.zeros(1, module.in_channels, 28, 28),
+                    f"a default sample derived from its first conv ({name}: {module.in_channels} input channels, "
+                    "28x28 as the course's images), ")
+        if is_quantized_module(module) and isinstance(getattr(module, "in_features", None), int):
+            return (torch.zeros(1, module.in_features),
+                    f"a default sample derived from its first linear layer ({name}: {module.in_features} "
+                    "input features), ")
+    raise BadInputError(f"qparams_table cannot derive a sample for this {type(qmodel).__name__}: it has no "
+                        "quantized conv or linear layer to read the input's shape from. Pass sample=, one input "
+                        "the model accepts (e.g. images[:1]).")
 
 
 def qparams_table(qmodel: nn.Module, sample: torch.Tensor | None = None) -> pd.DataFrame:
@@ -70,11 +108,15 @@ def qparams_table(qmodel: nn.Module, sample: torch.Tensor | None = None) -> pd.D
     out_scale / out_zero_point (stored on the module where it has them, else measured),
     weight_dtype, weight_qscheme, weight_scale_min / weight_scale_max (equal for per-tensor),
     weight_channels (number of per-channel scales, 1 for per-tensor). The qparams do not depend on
-    the sample's values, only on which tensors flow where: `sample` defaults to one zero image of
-    the course's Fashion-MNIST shape [1, 1, 28, 28].
+    the sample's values, only on which tensors flow where: `sample` defaults to one zero input
+    shaped from the model's first conv ([1, in_channels, 28, 28], the course's image size) or
+    linear layer ([1, in_features]); pass one where that shape is not the model's (other image sizes).
     """
-    sample = torch.zeros(1, 1, 28, 28) if sample is None else sample
-    traced = trace_qparams(qmodel, sample)
+    check_converted(qmodel, "qparams_table")
+    origin = ""
+    if sample is None:
+        sample, origin = default_sample(qmodel)
+    traced = _trace(qmodel, sample, "qparams_table", origin)
     rows = []
     quantized_names = [name for name, m in qmodel.named_modules() if is_quantized_module(m)]
     for name, module in qmodel.named_modules():

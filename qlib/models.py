@@ -13,6 +13,9 @@ from torch import nn
 from torch.ao.nn.quantized import FloatFunctional
 from torch.ao.quantization import DeQuantStub, QuantStub, fuse_modules
 
+from .errors import check_whole
+from .quantizable import NotQuantizableError
+
 
 class SeedNet(nn.Module):
     """The CNN of the forum question: four Conv-BN-ReLU, dropout, Linear-ReLU, dropout, Linear.
@@ -115,9 +118,8 @@ class ResNet(nn.Module):
     def __init__(self, num_classes: int = 1000, in_channels: int = 3, width: int = 64,
                  small_input: bool = False, quantizable: bool = False, layers=(2, 2, 2, 2)):
         super().__init__()
-        if width < 1 or num_classes < 1 or in_channels < 1:
-            raise ValueError(f"width, num_classes and in_channels must be positive, got "
-                             f"{width}, {num_classes}, {in_channels}.")
+        for value, what in ((num_classes, "num_classes"), (in_channels, "in_channels"), (width, "width")):
+            check_whole(value, what, 1)
         self.quantizable = quantizable
         block = QuantizableBasicBlock if quantizable else BasicBlock
         if small_input:  # 28x28 or 32x32 images: keep the resolution, as CIFAR ResNets do.
@@ -165,7 +167,7 @@ class ResNet(nn.Module):
     def fuse_groups(self) -> list[list[str]]:
         """Conv+BN+ReLU of the stem, then each block's groups (see QuantizableBasicBlock)."""
         if not self.quantizable:
-            raise TypeError("Only resnet18(..., quantizable=True) can be fused: the plain variant "
+            raise NotQuantizableError("Only resnet18(..., quantizable=True) can be fused: the plain variant "
                             "reuses one ReLU module twice, so fusing it would fold the same ReLU "
                             "into two places. Build it with quantizable=True and load the same "
                             "state dict.")

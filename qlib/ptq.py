@@ -14,48 +14,13 @@ from typing import Iterable
 
 import torch
 from torch import nn
-from torch.ao.nn import quantized as nnq
 from torch.ao.quantization import QConfig, convert, get_default_qconfig, prepare
-from torch.ao.quantization.observer import ObserverBase
 from tqdm.auto import tqdm
 
 from .engines import check_engine, use_engine
 from .errors import BadInputError, PipelineOrderError, check_whole, kind_of
 from .quantizable import check_quantizable
-
-
-# --- where a model stands in prepare -> calibrate -> convert ----------------------------------------
-
-def observers(model: nn.Module) -> dict[str, ObserverBase]:
-    """The observers prepare() inserted (activation_post_process modules), by name."""
-    return {name: m for name, m in model.named_modules() if isinstance(m, ObserverBase)}
-
-
-def is_converted(model: nn.Module) -> bool:
-    """convert() turns every QuantStub into a Quantize module: its mark on a converted model."""
-    return any(isinstance(m, nnq.Quantize) for m in model.modules())
-
-
-def unobserved(model: nn.Module) -> list[str]:
-    """Observers that have seen no data yet (their range is still empty: inf / -inf, or no channel)."""
-    return [name for name, o in observers(model).items()
-            if isinstance(getattr(o, "min_val", None), torch.Tensor)
-            and (o.min_val.numel() == 0 or not bool(torch.isfinite(o.min_val).all()))]
-
-
-def _require_prepared(model: nn.Module, step: str) -> None:
-    """`step` needs a prepared model: say which step is missing otherwise."""
-    if not isinstance(model, nn.Module):
-        raise BadInputError(f"{step}() needs the prepared model, got {kind_of(model)}. "
-                            "Pass what ptq.prepare_static(model) returned.")
-    if is_converted(model):
-        raise PipelineOrderError(f"{step}() got a model that is already converted to int8: its observers are "
-                                 "gone. Call it on the prepared model (what ptq.prepare_static returned), "
-                                 "before convert_static.")
-    if not observers(model):
-        raise PipelineOrderError(f"{step}() got a model with no observers: it was never prepared, so "
-                                 "nothing would record the ranges. Call ptq.prepare_static(model) first "
-                                 f"and pass its result to {step}().")
+from .stages import check_prepared, observers, stage, unobserved
 
 
 # --- calibration data --------------------------------------------------------------------------------
@@ -120,7 +85,7 @@ def calibrate(prepared: nn.Module, calibration_data, num_batches: int | None = N
     Each batch is checked first (float32, a batch dimension, finite values): one NaN pixel would
     make every later scale NaN without an error.
     """
-    _require_prepared(prepared, "calibrate")
+    check_prepared(prepared, "calibrate")
     if num_batches is not None:
         check_whole(num_batches, "num_batches", 1, example=8, why=" (or None to use every batch)")
     calibration_data = _batch_source(calibration_data)
@@ -153,10 +118,10 @@ def prepare_static(model: nn.Module, engine: str = "x86", qconfig: QConfig | Non
     """
     if check:
         check_quantizable(model)
-    if observers(model) or is_converted(model):
-        raise PipelineOrderError(f"prepare_static() got a model that is already {'converted' if is_converted(model) else 'prepared'}"
-                                 ": preparing it again would observe the observers. Prepare the float model "
-                                 "(e.g. qlib.pretrained.load(...)) once.")
+    if stage(model) != "float":
+        raise PipelineOrderError(f"prepare_static() got a model that is already {stage(model)}: preparing it "
+                                 "again would observe the observers. Prepare the float model (e.g. "
+                                 "qlib.pretrained.load(...)) once.")
     check_engine(engine)
     if qconfig is not None and not isinstance(qconfig, QConfig):
         raise BadInputError(f"qconfig is {kind_of(qconfig)}, not a torch.ao.quantization.QConfig. Pass e.g. "
@@ -175,7 +140,7 @@ def convert_static(prepared: nn.Module, engine: str = "x86") -> nn.Module:
     Refuses a model that was never prepared (convert would return it unchanged) or never
     calibrated (every observer would give scale 1.0 and zero point 0: all-zero outputs).
     """
-    _require_prepared(prepared, "convert_static")
+    check_prepared(prepared, "convert_static")
     empty = unobserved(prepared)
     if empty:
         raise PipelineOrderError(f"{len(empty)} of {len(observers(prepared))} observers have seen no data "

@@ -25,6 +25,8 @@ import numbers
 
 import torch
 
+from .errors import BadInputError
+
 # torch's quantized dtype -> (qmin, qmax, the integer dtype of .int_repr())
 QRANGES = {
     torch.quint8: (0, 255, torch.uint8),
@@ -44,7 +46,7 @@ def _f32(value) -> torch.Tensor:
 def check_dtype(dtype, allowed=tuple(QRANGES)) -> torch.dtype:
     if dtype not in allowed:
         names = ", ".join(f"torch.{str(d).split('.')[-1]}" for d in allowed)
-        raise ValueError(f"dtype={dtype!r} is not supported here; use one of {names}.")
+        raise BadInputError(f"dtype={dtype!r} is not supported here; use one of {names}.")
     return dtype
 
 
@@ -54,7 +56,7 @@ def qrange(dtype=torch.quint8, reduce_range: bool = False) -> tuple[int, int]:
     qmin, qmax, _ = QRANGES[dtype]
     if reduce_range:
         if dtype == torch.qint32:
-            raise ValueError("reduce_range only applies to 8-bit dtypes (torch.quint8, torch.qint8).")
+            raise BadInputError("reduce_range only applies to 8-bit dtypes (torch.quint8, torch.qint8).")
         qmin, qmax = (0, 127) if dtype == torch.quint8 else (-64, 63)
     return qmin, qmax
 
@@ -64,18 +66,18 @@ def check_scale(scale, name: str = "scale") -> float:
     try:
         as_double = float(scale)
     except (TypeError, ValueError, RuntimeError):
-        raise ValueError(f"{name} must be one positive number, not {scale!r}.") from None
+        raise BadInputError(f"{name} must be one positive number, not {scale!r}.") from None
     if not math.isfinite(as_double):
-        raise ValueError(f"{name}={as_double} is not finite; a scale is the (positive, finite) step "
+        raise BadInputError(f"{name}={as_double} is not finite; a scale is the (positive, finite) step "
                          "between two neighbouring quantized values.")
     if as_double <= 0:
-        raise ValueError(f"{name}={as_double} must be > 0: it is the step between two neighbouring "
+        raise BadInputError(f"{name}={as_double} must be > 0: it is the step between two neighbouring "
                          "quantized values (compute it with qlib.qmath.qparams).")
     s32 = _f32(as_double)
     if not torch.isfinite(s32):
-        raise ValueError(f"{name}={as_double} overflows float32, the precision the kernels use.")
+        raise BadInputError(f"{name}={as_double} overflows float32, the precision the kernels use.")
     if s32 == 0 or not torch.isfinite(1 / s32):
-        raise ValueError(f"{name}={as_double} is so small that 1/{name} overflows float32 (or the scale "
+        raise BadInputError(f"{name}={as_double} is so small that 1/{name} overflows float32 (or the scale "
                          "rounds to 0): torch would then map 0.0 to qmax. Use a scale >= 3e-39, as "
                          "observers do (their floor is float32 eps = 1.19e-07).")
     return float(s32)
@@ -85,16 +87,16 @@ def check_zero_point(zero_point, dtype, name: str = "zero_point") -> int:
     qmin, qmax, _ = QRANGES[dtype]
     if isinstance(zero_point, torch.Tensor):
         if zero_point.numel() != 1 or zero_point.is_floating_point():
-            raise ValueError(f"{name} must be one integer, not a tensor of shape "
+            raise BadInputError(f"{name} must be one integer, not a tensor of shape "
                              f"{tuple(zero_point.shape)} and dtype {zero_point.dtype}.")
         zero_point = zero_point.item()
     whole_float = isinstance(zero_point, float) and zero_point.is_integer()
     if isinstance(zero_point, bool) or not (isinstance(zero_point, numbers.Integral) or whole_float):
-        raise ValueError(f"{name}={zero_point!r} must be an integer: it is the integer that stands "
+        raise BadInputError(f"{name}={zero_point!r} must be an integer: it is the integer that stands "
                          "for 0.0 (so that 0.0 is represented exactly).")
     zero_point = int(zero_point)
     if not qmin <= zero_point <= qmax:
-        raise ValueError(f"{name}={zero_point} is outside {dtype}'s range [{qmin}, {qmax}]; the zero "
+        raise BadInputError(f"{name}={zero_point} is outside {dtype}'s range [{qmin}, {qmax}]; the zero "
                          "point is itself a quantized value.")
     return zero_point
 
@@ -103,10 +105,10 @@ def _check_input(x, allow_nan: bool = False) -> torch.Tensor:
     if not isinstance(x, torch.Tensor):
         x = torch.as_tensor(x, dtype=torch.float32)
     if x.dtype != torch.float32:
-        raise ValueError(f"x has dtype {x.dtype}; torch quantizes float32 tensors only. Convert "
+        raise BadInputError(f"x has dtype {x.dtype}; torch quantizes float32 tensors only. Convert "
                          "it first with x.float().")
     if not allow_nan and torch.isnan(x).any():
-        raise ValueError(f"x contains {int(torch.isnan(x).sum())} NaN value(s); NaN has no quantized "
+        raise BadInputError(f"x contains {int(torch.isnan(x).sum())} NaN value(s); NaN has no quantized "
                          "value (torch silently writes qmax or qmin for it). Remove or replace them.")
     return x
 
@@ -156,16 +158,16 @@ def quantize(x, scale, zero_point, dtype=torch.quint8) -> torch.Tensor:
 def _dtype_of(q: torch.Tensor, dtype):
     if not isinstance(q, torch.Tensor) or q.is_floating_point() or q.is_complex() or q.dtype == torch.bool:
         what = f"a tensor of {q.dtype}" if isinstance(q, torch.Tensor) else type(q).__name__
-        raise ValueError(f"q must be an integer tensor (e.g. quantize(...) or .int_repr()), not {what}.")
+        raise BadInputError(f"q must be an integer tensor (e.g. quantize(...) or .int_repr()), not {what}.")
     if dtype is None:
         if q.dtype not in INT_REPR_TO_QDTYPE:
-            raise ValueError(f"q has dtype {q.dtype}, which names no quantized dtype; pass dtype= "
+            raise BadInputError(f"q has dtype {q.dtype}, which names no quantized dtype; pass dtype= "
                              "(torch.quint8, torch.qint8 or torch.qint32).")
         dtype = INT_REPR_TO_QDTYPE[q.dtype]
     check_dtype(dtype)
     qmin, qmax, _ = QRANGES[dtype]
     if q.numel() and (q.min() < qmin or q.max() > qmax):
-        raise ValueError(f"q holds values outside {dtype}'s range [{qmin}, {qmax}] "
+        raise BadInputError(f"q holds values outside {dtype}'s range [{qmin}, {qmax}] "
                          f"(min {int(q.min())}, max {int(q.max())}).")
     return dtype
 
@@ -193,24 +195,24 @@ def _check_per_channel(x, scales, zero_points, axis, dtype):
     check_dtype(dtype)
     x = _check_input(x)
     if not isinstance(axis, int) or not -x.dim() <= axis < x.dim():
-        raise ValueError(f"axis={axis!r} is not a dimension of x (x has {x.dim()} dimensions).")
+        raise BadInputError(f"axis={axis!r} is not a dimension of x (x has {x.dim()} dimensions).")
     axis %= x.dim()
     channels = x.shape[axis]
     scales = torch.as_tensor(scales, dtype=torch.float64).flatten()
     zero_points = torch.as_tensor(zero_points).flatten()
     if scales.numel() != channels or zero_points.numel() != channels:
-        raise ValueError(f"x has {channels} channels along axis {axis}, but {scales.numel()} scales and "
+        raise BadInputError(f"x has {channels} channels along axis {axis}, but {scales.numel()} scales and "
                          f"{zero_points.numel()} zero points were given: one of each per channel.")
     for c in range(channels):
         check_scale(scales[c].item(), name=f"scales[{c}]")
     if zero_points.is_floating_point() and not torch.equal(zero_points, zero_points.round()):
-        raise ValueError("zero_points must be integers: each stands for 0.0 in its channel.")
+        raise BadInputError("zero_points must be integers: each stands for 0.0 in its channel.")
     zero_points = zero_points.to(torch.int64)
     qmin, qmax, _ = QRANGES[dtype]
     outside = (zero_points < qmin) | (zero_points > qmax)
     if outside.any():
         c = int(outside.nonzero()[0])
-        raise ValueError(f"zero_points[{c}]={int(zero_points[c])} is outside {dtype}'s range [{qmin}, {qmax}].")
+        raise BadInputError(f"zero_points[{c}]={int(zero_points[c])} is outside {dtype}'s range [{qmin}, {qmax}].")
     return x, scales.to(torch.float32), zero_points, axis
 
 
@@ -246,13 +248,13 @@ def dequantize_per_channel(q: torch.Tensor, scales, zero_points, axis: int, dtyp
 def _check_range(xmin, xmax, name_min="xmin", name_max="xmax"):
     lo, hi = _f32(xmin), _f32(xmax)
     if lo.shape != hi.shape:
-        raise ValueError(f"{name_min} and {name_max} must have the same shape, not "
+        raise BadInputError(f"{name_min} and {name_max} must have the same shape, not "
                          f"{tuple(lo.shape)} and {tuple(hi.shape)}.")
     if not (torch.isfinite(lo).all() and torch.isfinite(hi).all()):
-        raise ValueError(f"{name_min}={xmin} and {name_max}={xmax} must be finite numbers (a range "
+        raise BadInputError(f"{name_min}={xmin} and {name_max}={xmax} must be finite numbers (a range "
                          "with inf or NaN gives an infinite or undefined scale).")
     if (lo > hi).any():
-        raise ValueError(f"{name_min}={xmin} is above {name_max}={xmax}; pass (min, max) in that order.")
+        raise BadInputError(f"{name_min}={xmin} is above {name_max}={xmax}; pass (min, max) in that order.")
     return lo, hi
 
 
@@ -260,7 +262,7 @@ def _calculate_qparams(lo, hi, dtype, symmetric, reduce_range):
     """torch's observer `_calculate_qparams` for a torch dtype (and reduce_range)."""
     check_dtype(dtype, (torch.quint8, torch.qint8))
     if symmetric and reduce_range and dtype == torch.quint8:
-        raise ValueError("symmetric=True with reduce_range=True is not defined for quint8 "
+        raise BadInputError("symmetric=True with reduce_range=True is not defined for quint8 "
                          "(torch's observers refuse it too); use qint8, or the affine scheme.")
     return _range_qparams(lo, hi, *qrange(dtype, reduce_range), symmetric)
 
@@ -308,7 +310,7 @@ def qparams(xmin, xmax, dtype=torch.quint8, symmetric: bool = False,
     """
     lo, hi = _check_range(xmin, xmax)
     if lo.numel() != 1:
-        raise ValueError("qparams takes one (xmin, xmax) pair; use qparams_per_channel for many.")
+        raise BadInputError("qparams takes one (xmin, xmax) pair; use qparams_per_channel for many.")
     scale, zero_point = _calculate_qparams(lo.reshape(1), hi.reshape(1), dtype, symmetric, reduce_range)
     return float(scale[0]), int(zero_point[0])
 
@@ -321,7 +323,7 @@ def qparams_per_channel(xmins, xmaxs, dtype=torch.qint8, symmetric: bool = True,
     """
     lo, hi = _check_range(xmins, xmaxs, "xmins", "xmaxs")
     if lo.dim() != 1:
-        raise ValueError(f"xmins and xmaxs must be 1-D (one value per channel), not shape {tuple(lo.shape)}.")
+        raise BadInputError(f"xmins and xmaxs must be 1-D (one value per channel), not shape {tuple(lo.shape)}.")
     return _calculate_qparams(lo, hi, dtype, symmetric, reduce_range)
 
 
@@ -339,7 +341,7 @@ def qparams_for_range(xmin, xmax, qmin: int, qmax: int, symmetric: bool = False)
     """
     lo, hi = _check_range(xmin, xmax)
     if not (isinstance(qmin, int) and isinstance(qmax, int) and qmin <= 0 < qmax):
-        raise ValueError(f"[qmin, qmax] = [{qmin}, {qmax}] must be integers with qmin <= 0 < qmax "
+        raise BadInputError(f"[qmin, qmax] = [{qmin}, {qmax}] must be integers with qmin <= 0 < qmax "
                          "(0 must be representable).")
     scale, zero_point = _range_qparams(lo.reshape(1), hi.reshape(1), qmin, qmax, symmetric)
     return float(scale[0]), int(zero_point[0])
@@ -353,13 +355,31 @@ def quantize_to_range(x, scale, zero_point, qmin: int, qmax: int) -> torch.Tenso
     x = _check_input(x)
     scale = check_scale(scale)
     if not qmin <= zero_point <= qmax:
-        raise ValueError(f"zero_point={zero_point} is outside [qmin, qmax] = [{qmin}, {qmax}].")
+        raise BadInputError(f"zero_point={zero_point} is outside [qmin, qmax] = [{qmin}, {qmax}].")
     rounded = torch.round(x * (1 / _f32(scale)))
     return (rounded.double() + zero_point).clamp(qmin, qmax).to(torch.int64)
 
 
+def check_same_shape(a, b, what: str, names: tuple[str, str] = ("a", "b")) -> None:
+    """Two tensors of one shape, element for element, else BadInputError: the metrics comparing two
+    tensors (sqnr_db, fusion.max_abs_difference) would otherwise broadcast them in silence."""
+    from .errors import BadInputError, kind_of
+
+    for name, value in zip(names, (a, b)):
+        if not isinstance(value, torch.Tensor) or value.is_complex() or value.is_quantized:
+            raise BadInputError(f"{what} compares two real tensors, and {name} is {kind_of(value)}. Pass tensors "
+                                "(torch.as_tensor(...); .dequantize() a quantized one).")
+    if a.shape != b.shape:
+        raise BadInputError(f"{what} compares {names[0]} {tuple(a.shape)} with {names[1]} {tuple(b.shape)} element "
+                            "for element, but their shapes differ (torch would broadcast them in silence and "
+                            "compare unrelated elements). Pass two tensors of the same shape.")
+    if a.numel() == 0:
+        raise BadInputError(f"{what} of two empty tensors {tuple(a.shape)} is undefined. Pass at least one element.")
+
+
 def sqnr_db(reference: torch.Tensor, approximation: torch.Tensor) -> float:
     """Signal-to-quantization-noise ratio in dB: 10 log10(sum(ref^2) / sum((ref - approx)^2))."""
+    check_same_shape(reference, approximation, "sqnr_db", ("reference", "approximation"))
     reference, approximation = reference.double(), approximation.double()
     noise = (reference - approximation).pow(2).sum()
     if noise == 0:

@@ -6,6 +6,8 @@ notebook states its full size and its test size in one place: `n = sized(2048, s
 
 import os
 
+from .errors import BadInputError
+
 ENV_VAR = "QLIB_SMOKE"
 
 
@@ -16,7 +18,7 @@ def smoke() -> bool:
         return False
     if value in ("1", "true", "yes", "on"):
         return True
-    raise ValueError(f"{ENV_VAR}={value!r} is not understood: set it to 1 (smoke run) or 0 (full run).")
+    raise BadInputError(f"{ENV_VAR}={value!r} is not understood: set it to 1 (smoke run) or 0 (full run).")
 
 
 def sized(full, smoke_size):

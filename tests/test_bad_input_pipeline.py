@@ -16,7 +16,7 @@ from torch.ao.nn.quantized import FloatFunctional
 from torch.ao.quantization import (DeQuantStub, MinMaxObserver, QConfig, QuantStub, convert,
                                    default_weight_observer, get_default_qconfig, prepare)
 
-from qlib import engines, ptq, quantizable
+from qlib import engines, ptq, quantizable, stages
 from qlib.data import calibration_subset
 from qlib.errors import BadInputError, PipelineOrderError, QlibError
 from qlib.models import SeedNet
@@ -92,7 +92,7 @@ def test_any_single_non_finite_pixel_is_caught_before_the_observers_see_it(batch
     prepared = ptq.prepare_static(seednet, qconfig=MINMAX)
     with pytest.raises(BadInputError, match=f"Calibration batch {batch} holds 1 NaN or infinite"):
         ptq.calibrate(prepared, batches, progress=False)
-    assert not any(torch.isnan(o.min_val).any() for o in ptq.observers(prepared).values())  # no NaN got in
+    assert not any(torch.isnan(o.min_val).any() for o in stages.observers(prepared).values())  # no NaN got in
 
 
 def test_what_the_check_prevents_a_nan_pixel_makes_torchs_int8_model_output_nan(seednet, images):
@@ -111,7 +111,7 @@ def test_what_the_check_prevents_a_nan_pixel_makes_torchs_int8_model_output_nan(
 # --- 2. the order of the steps ----------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def stages(seednet, images):
+def by_stage(seednet, images):
     prepared = ptq.prepare_static(seednet)
     calibrated = ptq.prepare_static(seednet)
     ptq.calibrate(calibrated, [images], progress=False)
@@ -126,28 +126,28 @@ ORDER = [
     ("convert_static", "converted", "already converted", "prepared model"),
     ("convert_static", "prepared", "have seen no data", r"ptq\.calibrate\(prepared, data\) first"),
     ("prepare_static", "prepared", "already prepared", "Prepare the float model"),
-    ("prepare_static", "calibrated", "already prepared", "Prepare the float model"),
+    ("prepare_static", "calibrated", "already calibrated", "Prepare the float model"),
     ("prepare_static", "converted", "already converted", "Prepare the float model"),
 ]
 
 
 @pytest.mark.parametrize("step, stage, cause, fix", ORDER, ids=[f"{s}-on-{m}" for s, m, *_ in ORDER])
-def test_a_skipped_or_repeated_step_is_named(step, stage, cause, fix, stages, images):
+def test_a_skipped_or_repeated_step_is_named(step, stage, cause, fix, by_stage, images):
     call = {"calibrate": lambda m: ptq.calibrate(m, [images], progress=False),
             "convert_static": ptq.convert_static,
             "prepare_static": lambda m: ptq.prepare_static(m, check=False)}[step]
     with pytest.raises(PipelineOrderError, match=cause) as error:
-        call(stages[stage])
+        call(by_stage[stage])
     assert re.search(fix, str(error.value)), str(error.value)
 
 
-def test_what_the_order_check_prevents_torch_converts_an_uncalibrated_model_to_zeros(stages, images):
+def test_what_the_order_check_prevents_torch_converts_an_uncalibrated_model_to_zeros(by_stage, images):
     with pytest.warns(UserWarning, match="must run observer before calling calculate_qparams"):
-        silent = convert(stages["prepared"], inplace=False)
+        silent = convert(by_stage["prepared"], inplace=False)
     assert silent.quant.scale.item() == 1.0 and silent.quant.zero_point.item() == 0
     assert (silent(images) == 0).all()
     # and convert() on a float model returns it unchanged, with no int8 layer at all
-    assert not ptq.is_converted(convert(SeedNet().eval(), inplace=False))
+    assert not stages.is_converted(convert(SeedNet().eval(), inplace=False))
 
 
 class _TwoBranches(nn.Module):
@@ -360,3 +360,14 @@ def test_no_false_alarm_on_torchvisions_quantizable_models(name):
     kwargs = {"aux_logits": False, "init_weights": False} if name in ("googlenet", "inception_v3") else {}
     model = getattr(tvq, name)(weights=None, quantize=False, **kwargs).eval()
     assert quantizable.problems(model) == []
+
+
+def test_a_float_model_with_float_functional_is_not_mistaken_for_a_converted_one():
+    """FloatFunctional lives in torch.ao.nn.quantized, yet the quantizable ResNet is still float."""
+    from qlib import inspection
+    from qlib.models import resnet18
+
+    model = resnet18(num_classes=10, in_channels=1, width=8, small_input=True, quantizable=True).eval()
+    assert stages.stage(model) == "float"
+    with pytest.raises(PipelineOrderError, match="never prepared, calibrated or converted.*quantize_static"):
+        inspection.qparams_table(model)

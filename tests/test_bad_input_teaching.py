@@ -123,3 +123,14 @@ def test_the_benchmark_refuses_a_misspelt_name_or_engine_before_any_work(kwargs,
         bench.benchmark(test_images=10, progress=False, **kwargs)
     assert type(error.value).__name__ == error_type
     assert re.search("choose one of|pass one of", str(error.value)), str(error.value)
+
+
+@pytest.mark.parametrize("groups, cause", [([["0", "9"]], r"names \['9'\]"), (["0"], r"Group '0' names \['0'\]"),
+                                           ([["conv", "bn"]], r"\['conv', 'bn'\]")])
+def test_folding_by_hand_names_a_group_the_model_does_not_have(groups, cause):
+    from qlib import fusion
+
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2)).eval()
+    with pytest.raises(fusion.FoldingError, match=cause) as error:
+        fusion.fold_model_by_hand(model, groups)
+    assert "named_modules()" in str(error.value)

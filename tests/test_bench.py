@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from qlib import bench, engines, metrics, pretrained
+from qlib.errors import BadInputError
 from qlib.data import evaluation_subset, fashion_mnist
 
 
@@ -40,7 +41,7 @@ def test_subsets_and_loaders_give_the_same_images_as_items():
     loader = torch.utils.data.DataLoader(subset, batch_size=16)
     from_loader = metrics.as_tensors(loader)
     assert torch.equal(from_loader[0], images) and torch.equal(from_loader[1], labels)
-    with pytest.raises(TypeError, match="images and labels"):
+    with pytest.raises(BadInputError, match="images and labels"):
         metrics.as_tensors(42)
 
 

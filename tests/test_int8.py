@@ -177,7 +177,10 @@ def test_add_scalar_tail_follows_pytorch_threads_and_sizes(shape):
 def test_engine_comes_from_the_model_or_the_caller(calibration, images):
     qmodel = convert(pretrained.load("seednet-fmnist"), calibration, "x86")
     assert int8.Interpreter(qmodel).engine == "x86"
-    assert int8.Interpreter(qmodel, engine="qnnpack").engine == "qnnpack"
+    assert int8.Interpreter(qmodel, engine="x86").engine == "x86"
+    with pytest.raises(ValueError, match="converted under 'x86'"):
+        int8.Interpreter(qmodel, engine="qnnpack")           # another engine's arithmetic only on request
+    assert int8.Interpreter(qmodel, engine="qnnpack", allow_other_engine=True).engine == "qnnpack"
     with pytest.raises(ValueError, match="engine"):
         int8.Interpreter(qmodel, engine="tpu")
     with pytest.raises(ValueError, match="requant"):

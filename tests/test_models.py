@@ -48,8 +48,10 @@ def test_plain_resnet_refuses_to_fuse():
 
 
 def test_bad_sizes_are_refused():
-    with pytest.raises(ValueError, match="positive"):
+    with pytest.raises(ValueError, match=r"width must be a whole number >= 1, not 0; pass e\.g\. width=1"):
         resnet18(width=0)
+    with pytest.raises(ValueError, match=r"num_classes must be a whole number >= 1, not a float \(10\.0\)"):
+        resnet18(num_classes=10.0)
 
 
 FORUM_PRINTOUT_TYPES = {

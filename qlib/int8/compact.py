@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from .recordings import SAMPLE_STRIDE, load, recording_files, save, sha256, write_manifest
+from .recordings import SAMPLE_STRIDE, RecordingError, load, recording_files, save, sha256, write_manifest
 
 LONG = 4096
 
@@ -61,7 +61,7 @@ def _logits(rec: dict, images: int) -> dict:
         scale, zp = dequant["scale"], dequant["zero_point"]
         q = torch.round(y / torch.tensor(scale, dtype=torch.float32)) + zp
         if not torch.equal((q - zp) * torch.tensor(scale, dtype=torch.float32), y):
-            raise ValueError("the recorded test outputs are not the int8 logits dequantized")
+            raise RecordingError("the recorded test outputs are not the int8 logits dequantized")
         y = {"int": q.to(torch.uint8), "scale": scale, "zero_point": zp}
     return {"batch_size": outputs["batch_size"], "y": {**y, "int": y["int"][:images].clone()}}
 
@@ -81,7 +81,7 @@ def compact(rec: dict, images: int = 500) -> dict:
                                   for k, v in rec["layers"].items()}}
     if "adds" in rec:
         return {**rec, "adds": [{**a, "output": _short(a["output"])} for a in rec["adds"]]}
-    raise ValueError("not a model, layers or adds recording")
+    raise RecordingError("not a model, layers or adds recording: compact only knows the formats that python -m qlib.int8.record writes")
 
 
 def compact_folder(src: Path, dst: Path, images: int = 500, note: str = "") -> None:

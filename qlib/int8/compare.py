@@ -9,10 +9,14 @@ Notebook 08, sections 2, 3 and 8.
 
 from __future__ import annotations
 
+import math
+import numbers
+
 import torch
 from torch import nn
 
 from ..engines import engine_active
+from ..errors import BadInputError, kind_of
 from .cpu import CpuProfile
 from .interpreter import Interpreter
 from .layers import ConvI, WeightedI
@@ -63,7 +67,12 @@ def compare_layers(qmodel: nn.Module, x: torch.Tensor, requant: str = "exact", e
     import pandas as pd
 
     interpreter = Interpreter(qmodel, requant, engine, int16_saturation, cpu)
-    _, rec = record_pytorch(qmodel, x, interpreter.engine)
+    interpreter.check_input(x)
+    try:
+        _, rec = record_pytorch(qmodel, x, interpreter.engine)
+    except (RuntimeError, ValueError):
+        interpreter(x)      # PyTorch refused x: the interpreter's layers say what is wrong with it
+        raise
     if teacher_forced:
         return pd.DataFrame(compare_calls(interpreter, rec.calls))
     ours = {}
@@ -84,6 +93,7 @@ def trace(layer: WeightedI, q_in: torch.Tensor, in_scale: float, in_zp: int, ind
     """
     import torch.nn.functional as F
 
+    index = _check_trace(layer, q_in, in_scale, in_zp, index)
     oc = index[0]
     w = layer.wq[oc].to(torch.int64)
     if isinstance(layer, ConvI):
@@ -105,6 +115,45 @@ def trace(layer: WeightedI, q_in: torch.Tensor, in_scale: float, in_zp: int, ind
                                     layer.zero_point, layer.relu, layer.per_channel)
     return {"inputs": len(xs), "acc": acc, "bias / (s_x s_w)": bias, "M = s_x s_w / s_out": m,
             "(acc + bias) M + z": (acc + bias) * m + layer.zero_point, "requantized": int(q)}
+
+
+def _check_trace(layer, q_in, in_scale, in_zp, index) -> tuple[int, ...]:
+    """trace's arguments, or a BadInputError: an index outside the layer's output would read only
+    padding and return a meaningless number (0 products) instead of failing."""
+    if not isinstance(layer, WeightedI):
+        raise BadInputError(f"trace works out one output of an interpreter's conv or linear layer, not "
+                            f"{kind_of(layer)}. Pass one of Interpreter(qmodel).model's layers, e.g. "
+                            "dict(interpreter.model.named_modules())['features.0'].")
+    conv = isinstance(layer, ConvI)
+    c = layer.in_channels
+    takes = f"[{c}, H, W] (one image's input integers)" if conv else f"[{c}] (one input's integers, flattened)"
+    if not isinstance(q_in, torch.Tensor) or q_in.is_quantized or q_in.is_floating_point() or q_in.is_complex():
+        raise BadInputError(f"q_in must be the integers of the layer's input, {takes}, not {kind_of(q_in)}. Pass "
+                            "the recorded uint8 values (Interpreter(...)(x, record=r): r[path][0]), or "
+                            "t.int_repr()[0] of a quantized tensor t.")
+    if q_in.dim() != (3 if conv else 1) or q_in.shape[0] != c:
+        raise BadInputError(f"q_in has shape {tuple(q_in.shape)}, but {layer.path} ({layer.kind}) takes {takes}. "
+                            "Pass one image's integers (q[0] of a batch" + ("" if conv else ", .flatten()ed") + ").")
+    if not (isinstance(in_scale, numbers.Real) and not isinstance(in_scale, bool) and math.isfinite(in_scale)
+            and in_scale > 0):
+        raise BadInputError(f"in_scale={in_scale!r} is not a scale: it must be a positive finite number (the "
+                            "scale of the layer's input). Pass the previous layer's .scale (or the QuantStub's).")
+    if isinstance(in_zp, bool) or not isinstance(in_zp, numbers.Integral) or not 0 <= in_zp <= 255:
+        raise BadInputError(f"in_zp={in_zp!r} is not a zero point of a uint8 activation (an int in [0, 255]). "
+                            "Pass the previous layer's .zero_point (or the QuantStub's).")
+    out = (layer.wq.shape[0], *layer.out_hw(*q_in.shape[1:])) if conv else (layer.wq.shape[0],)
+    names = ("oc", "y", "x") if conv else ("o",)
+    valid = ", ".join(f"0 <= {n} < {size}" for n, size in zip(names, out))
+    if (not isinstance(index, (tuple, list)) or len(index) != len(out)
+            or any(isinstance(i, bool) or not isinstance(i, numbers.Integral) for i in index)):
+        raise BadInputError(f"index={index!r} does not name one output of {layer.path} ({layer.kind}): it takes "
+                            f"a tuple of {len(out)} int{'s' if len(out) > 1 else ''} ({', '.join(names)}). Pass "
+                            f"e.g. index={tuple([0] * len(out))} (valid: {valid}).")
+    if not all(0 <= i < size for i, size in zip(index, out)):
+        raise BadInputError(f"index={tuple(index)!r} is outside {layer.path}'s output of shape {list(out)} for this "
+                            f"input: it would only read padding and return a meaningless number. Pass an index "
+                            f"with {valid}.")
+    return tuple(int(i) for i in index)
 
 
 def checked_here(cpu: CpuProfile | None = None) -> bool:

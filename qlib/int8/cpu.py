@@ -34,6 +34,7 @@ from dataclasses import dataclass
 import torch
 
 from .. import sysinfo
+from ..errors import BadInputError
 
 # Each library's instruction-set levels, lowest first (an environment cap keeps the lower of two).
 FBGEMM_LEVELS = ("avx2", "avx512", "avx512_vnni")
@@ -68,6 +69,15 @@ class CpuProfile:
     threads: int | None = None      # ATen's threads (the add's scalar tail); None: torch's, at call time
     int16_saturation: bool | None = None  # None: as the kernels do; False: a what-if without it
     description: str = ""
+
+    def __post_init__(self):
+        # "no" or 0 would count as True or False in silence: only None, True or False mean something.
+        if self.int16_saturation is not None and not isinstance(self.int16_saturation, bool):
+            raise BadInputError(
+                f"int16_saturation={self.int16_saturation!r} (a {type(self.int16_saturation).__name__}) is not a "
+                "switch the interpreter can read: it decides whether u8 x s8 products are added two by two "
+                "into saturating int16, and any other value would be taken as True or False in silence. "
+                "Pass None (as this CPU's kernels do), True or False.")
 
     # --- the decisions, one property each ---------------------------------------------------------
 

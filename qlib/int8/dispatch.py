@@ -21,6 +21,7 @@ from typing import Callable
 
 import torch
 
+from ..errors import BadInputError
 from . import elementwise, fixedpoint, integer, onednn, quirks, requantize
 from .cpu import CpuProfile
 
@@ -245,8 +246,28 @@ def _offline():
     return offline()
 
 
+def check_engine(engine) -> str:
+    """`engine` if the interpreter follows its arithmetic, else BadInputError naming the valid ones:
+    the one check of an engine name in qlib.int8 (an empty or misspelt name is never replaced by a
+    default, which would compute another engine's arithmetic in silence)."""
+    if not isinstance(engine, str) or engine not in ENGINES:
+        raise BadInputError(
+            f"engine={engine!r} is not an engine the integer interpreter knows: it follows the arithmetic of "
+            f"{', '.join(ENGINES)} only, and any other name would mean one of those in silence. Pass one of "
+            f"{list(ENGINES)}, or engine=None for the one the model was converted under.")
+    return engine
+
+
+def check_requant(requant) -> str:
+    """`requant` if it is a requantization mode of the interpreter, else BadInputError."""
+    if not isinstance(requant, str) or requant not in REQUANT_MODES:
+        raise BadInputError(
+            f"requant={requant!r} is not a requantization mode of the interpreter: it has \"exact\" (the "
+            f"engines' float32 requantization, bit-exact with PyTorch) and \"fixedpoint\" (Jacob et al.'s "
+            f"integer-only one). Pass one of {list(REQUANT_MODES)}.")
+    return requant
+
+
 def check(engine: str, requant: str) -> None:
-    if engine not in ENGINES:
-        raise ValueError(f"engine {engine!r} is not one the interpreter knows; choose one of {ENGINES}.")
-    if requant not in REQUANT_MODES:
-        raise ValueError(f"requant must be one of {REQUANT_MODES}, got {requant!r}.")
+    check_engine(engine)
+    check_requant(requant)

@@ -14,6 +14,8 @@ import math
 
 import torch
 
+from ..errors import BadInputError
+
 INT32_MIN, INT32_MAX = -(2 ** 31), 2 ** 31 - 1
 ADD_LEFT_SHIFT = 20  # TFLite's integer add: both inputs scaled up by 2**20 before summing
 
@@ -27,7 +29,7 @@ def quantize_multiplier(real: float) -> tuple[int, int]:
     Done once per layer, offline: float is fine here, never at inference time.
     """
     if not real > 0 or math.isinf(real):
-        raise ValueError(f"requantization multiplier must be a positive finite number, got {real}")
+        raise BadInputError(f"requantization multiplier must be a positive finite number, got {real}")
     mantissa, exponent = math.frexp(real)              # real = mantissa * 2**exponent, mantissa in [0.5, 1)
     m0 = round(mantissa * (1 << 31))
     if m0 == 1 << 31:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ..errors import QlibError
+from ..errors import BadInputError, QlibError
 from . import dispatch, elementwise, fixedpoint, integer
 from .cpu import CpuProfile
 
@@ -124,6 +124,7 @@ class Context:
     requant: str = "exact"
     record: dict | None = None
     saturation: dict = field(default_factory=dict)
+    input_shape: tuple | None = None      # the model's input in the current call (for messages)
 
     def store(self, path: str, q: torch.Tensor) -> None:
         if self.record is not None:
@@ -195,7 +196,8 @@ class WeightedI(Interpreted):
         self.bias = None if bias is None else bias.detach().to(torch.float32).clone()
         self.scale, self.zero_point, self.relu = float(m.scale), int(m.zero_point), relu
         self.groups = getattr(m, "groups", 1)
-        geometry = {"in_channels": self.wq.shape[1] * self.groups, "out_channels": out_channels, "groups": self.groups}
+        self.in_features = self.in_channels = self.wq.shape[1] * self.groups
+        geometry = {"in_channels": self.in_channels, "out_channels": out_channels, "groups": self.groups}
         if self.op == "conv":
             geometry.update(kernel=tuple(self.wq.shape[2:]), stride=tuple(m.stride), padding=tuple(m.padding),
                             dilation=tuple(m.dilation))
@@ -203,6 +205,12 @@ class WeightedI(Interpreted):
                                         bool((self.w_zp == 0).all()))
         self.arithmetic = self.choose()  # the kernel of the last call (it may depend on the input's shape)
         self.constants = {}  # fixed-point bias and multipliers, per input scale
+
+    def refuse(self, x: torch.Tensor, takes: str, why: str, fix: str):
+        """A BadInputError naming this layer, what it takes, what it got and the model's input."""
+        given = "" if self.ctx.input_shape is None else f" (the model's input has shape {self.ctx.input_shape})"
+        return BadInputError(f"{self.path} ({self.kind}) takes {takes}, but its input has shape "
+                             f"{tuple(x.shape)}{given}: {why}. {fix}")
 
     def count(self, stats):
         if stats.get("saturated"):
@@ -234,7 +242,23 @@ class ConvI(WeightedI):
         return tuple((size + 2 * p - d * (k - 1) - 1) // s + 1 for size, p, d, k, s in
                      zip((h, w), self.padding, self.dilation, (kh, kw), self.stride))
 
+    def check_input(self, x):
+        c, (kh, kw) = self.in_channels, self.wq.shape[2:]
+        takes = f"[N, {c}, H, W] activations"
+        if x.dim() != 4:
+            one = f"; one image [{c}, H, W] is x.unsqueeze(0)" if x.dim() == 3 else ""
+            raise self.refuse(x, takes, f"a 2-D convolution needs a batch of {c}-channel images (PyTorch's "
+                              "quantized conv refuses other ranks too)", f"Pass a batch of images [N, {c}, H, W]{one}.")
+        if x.shape[1] != c:
+            raise self.refuse(x, takes, f"its weights were trained for {c} input channel(s), not {x.shape[1]}",
+                              f"Pass images with {c} channel(s), as the model's training images had.")
+        if min(self.out_hw(*x.shape[-2:])) < 1:
+            raise self.refuse(x, takes, f"its {kh}x{kw} kernel (stride {tuple(self.stride)}, padding "
+                              f"{tuple(self.padding)}, dilation {tuple(self.dilation)}) does not fit in "
+                              f"{x.shape[2]}x{x.shape[3]}", "Pass images of the size the model was trained on.")
+
     def forward(self, x):
+        self.check_input(x)
         oc, cg, kh, kw = self.wq.shape
         self.arithmetic = self.choose(x.shape[0], self.out_hw(*x.shape[-2:]))
         pairs = self.arithmetic.pairs(cg, kh * kw) if self.arithmetic.pairs else None
@@ -249,6 +273,11 @@ class LinearI(WeightedI):
     op = "linear"
 
     def forward(self, x):
+        if x.dim() == 0 or x.shape[-1] != self.in_features:
+            got = "a scalar" if x.dim() == 0 else f"{x.shape[-1]} features"
+            raise self.refuse(x, f"[..., {self.in_features}] activations", f"its weights take {self.in_features} "
+                              f"features and {got} reach it, so the model's input is not the size or shape it "
+                              "was built for", "Pass inputs of the shape the model was trained on.")
         self.arithmetic = self.choose(x.reshape(-1, x.shape[-1]).shape[0])
         pairs = self.arithmetic.pairs(self.wq.shape[1]) if self.arithmetic.pairs else None
         stats = {}
