@@ -13,7 +13,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from .errors import BadInputError
+from .errors import check_choice
 
 
 def available_engines() -> list[str]:
@@ -23,10 +23,8 @@ def available_engines() -> list[str]:
 
 def check_engine(engine: str) -> str:
     """`engine` itself, or an error naming the engines this torch build has."""
-    if not isinstance(engine, str) or engine not in available_engines():
-        raise BadInputError(f"Quantized engine {engine!r} is not available in this torch build, so no "
-                            f"kernel could run the model; choose one of {available_engines()}.")
-    return engine
+    return check_choice(engine, "engine", available_engines(), "a quantized engine this torch build has, so no "
+                        "kernel could run the model")
 
 
 def use_engine(engine: str) -> str:

@@ -66,3 +66,12 @@ def check_flag(value, what: str):
         raise BadInputError(f"{what} must be True or False, not {shown(value)}: a string such "
                             "as 'no' is truthy and would silently mean True.")
     return value
+
+
+def check_choice(value, what: str, choices, why: str = "", extra: str = ""):
+    """`value` if it is one of `choices` (names: an empty or misspelt one is never replaced by a
+    default, which would do something else in silence), else an error listing them."""
+    if not isinstance(value, str) or value not in choices:
+        raise BadInputError(f"{what}={value!r} is not {why or 'a name qlib knows here'}. Pass one of "
+                            f"{list(choices)}{extra}.")
+    return value

@@ -52,12 +52,15 @@ _CONVERT = ("Convert it first: qlib.ptq.quantize_static(float_model, calibration
             "torch.ao.quantization.convert).")
 
 
+def _stage_of_module(model: Any, what: str, expected: str) -> str:
+    if not isinstance(model, nn.Module):
+        raise BadInputError(f"{what} needs {expected} (an nn.Module), not {kind_of(model)}.")
+    return stage(model)
+
+
 def check_converted(model: Any, what: str) -> nn.Module:
     """`model` if it is a converted int8 model, else an error naming the step it is missing."""
-    if not isinstance(model, nn.Module):
-        raise BadInputError(f"{what} reads a converted int8 model (an nn.Module), not {kind_of(model)}. Pass "
-                            "the model qlib.ptq.quantize_static returns.")
-    where = stage(model)
+    where = _stage_of_module(model, what, "the converted int8 model qlib.ptq.quantize_static returns")
     if where == "converted":
         return model
     name = type(model).__name__
@@ -75,10 +78,7 @@ def check_converted(model: Any, what: str) -> nn.Module:
 
 def check_prepared(model: Any, step: str) -> nn.Module:
     """`model` if it is prepared (observers in, not converted), else an error naming the missing step."""
-    if not isinstance(model, nn.Module):
-        raise BadInputError(f"{step}() needs the prepared model, got {kind_of(model)}. "
-                            "Pass what ptq.prepare_static(model) returned.")
-    where = stage(model)
+    where = _stage_of_module(model, f"{step}()", "the prepared model ptq.prepare_static(model) returns")
     if where == "converted":
         raise PipelineOrderError(f"{step}() got a model that is already converted to int8: its observers are "
                                  "gone. Call it on the prepared model (what ptq.prepare_static returned), "

@@ -14,32 +14,34 @@ import matplotlib.pyplot as plt
 import torch
 
 from . import qmath
-from .errors import BadInputError, kind_of
+from .errors import BadInputError, check_choice, check_whole, kind_of
 
 SCHEMES = ("affine", "symmetric")
-DISTRIBUTIONS = ("gaussian", "laplace (heavy tails)", "after ReLU")
+
+
+def _laplace(n: int, generator: torch.Generator) -> torch.Tensor:
+    u = torch.rand(n, generator=generator) - 0.5
+    return -torch.sign(u) * torch.log1p(-2 * u.abs()) / 2 ** 0.5  # unit variance
+
+
+_SAMPLERS = {
+    "gaussian": lambda n, generator: torch.randn(n, generator=generator),
+    "laplace (heavy tails)": _laplace,
+    "after ReLU": lambda n, generator: torch.relu(torch.randn(n, generator=generator) + 0.5),
+}
+DISTRIBUTIONS = tuple(_SAMPLERS)
 
 
 def sample(distribution: str = "gaussian", n: int = 20_000, seed: int = 0) -> torch.Tensor:
     """A fixed float32 sample standing in for a tensor to quantize."""
-    generator = torch.Generator().manual_seed(seed)
-    if distribution == "gaussian":
-        return torch.randn(n, generator=generator)
-    if distribution == "laplace (heavy tails)":
-        u = torch.rand(n, generator=generator) - 0.5
-        return -torch.sign(u) * torch.log1p(-2 * u.abs()) / 2 ** 0.5  # unit variance
-    if distribution == "after ReLU":
-        return torch.relu(torch.randn(n, generator=generator) + 0.5)
-    raise BadInputError(f"distribution={distribution!r} is not one the explorer knows; choose one of {DISTRIBUTIONS}.")
+    check_choice(distribution, "distribution", DISTRIBUTIONS, "a sample the explorer knows")
+    return _SAMPLERS[distribution](n, torch.Generator().manual_seed(seed))
 
 
 def integer_range(bits: int, scheme: str) -> tuple[int, int]:
     """Unsigned [0, 2^b - 1] for the affine scheme, signed [-2^(b-1), 2^(b-1) - 1] for symmetric."""
-    if isinstance(bits, bool) or not isinstance(bits, int) or not 2 <= bits <= 16:
-        raise BadInputError(f"bits={bits!r}: the explorer's integers have a whole number of bits from 2 to 16.")
-    if scheme not in SCHEMES:
-        raise BadInputError(f"scheme={scheme!r} is not a quantization scheme the explorer draws; choose one of "
-                            f"{SCHEMES}.")
+    check_whole(bits, "bits", 2, 16, example=8)
+    check_choice(scheme, "scheme", SCHEMES, "a quantization scheme the explorer draws")
     if scheme == "affine":
         return 0, 2**bits - 1
     return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1

@@ -21,7 +21,7 @@ from typing import Callable
 
 import torch
 
-from ..errors import BadInputError
+from ..errors import check_choice
 from . import elementwise, fixedpoint, integer, onednn, quirks, requantize
 from .cpu import CpuProfile
 
@@ -247,25 +247,17 @@ def _offline():
 
 
 def check_engine(engine) -> str:
-    """`engine` if the interpreter follows its arithmetic, else BadInputError naming the valid ones:
-    the one check of an engine name in qlib.int8 (an empty or misspelt name is never replaced by a
-    default, which would compute another engine's arithmetic in silence)."""
-    if not isinstance(engine, str) or engine not in ENGINES:
-        raise BadInputError(
-            f"engine={engine!r} is not an engine the integer interpreter knows: it follows the arithmetic of "
-            f"{', '.join(ENGINES)} only, and any other name would mean one of those in silence. Pass one of "
-            f"{list(ENGINES)}, or engine=None for the one the model was converted under.")
-    return engine
+    """`engine` if the interpreter follows its arithmetic, else BadInputError naming the valid ones."""
+    return check_choice(engine, "engine", ENGINES, f"an engine the integer interpreter knows (it follows the "
+                        f"arithmetic of {', '.join(ENGINES)} only)", ", or engine=None for the one the model "
+                        "was converted under")
 
 
 def check_requant(requant) -> str:
     """`requant` if it is a requantization mode of the interpreter, else BadInputError."""
-    if not isinstance(requant, str) or requant not in REQUANT_MODES:
-        raise BadInputError(
-            f"requant={requant!r} is not a requantization mode of the interpreter: it has \"exact\" (the "
-            f"engines' float32 requantization, bit-exact with PyTorch) and \"fixedpoint\" (Jacob et al.'s "
-            f"integer-only one). Pass one of {list(REQUANT_MODES)}.")
-    return requant
+    return check_choice(requant, "requant", REQUANT_MODES, "a requantization mode of the interpreter: it has "
+                        "\"exact\" (the engines' float32 requantization, bit-exact with PyTorch) and "
+                        "\"fixedpoint\" (Jacob et al.'s integer-only one)")
 
 
 def check(engine: str, requant: str) -> None:
