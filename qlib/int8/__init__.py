@@ -23,7 +23,7 @@ Reading order (the integer path of one layer reads in one sitting: 1 -> 2 -> 7):
 10. recordings.py, record.py, replay.py, compact.py   what PyTorch computed on other CPUs
 """
 
-from . import recordings, replay
+from . import recordings
 from .compare import arithmetic_summary, checked_here, claim_exact, compare_layers, trace
 from .cpu import KINDS, CpuProfile
 from .dispatch import ENGINES, REQUANT_MODES
