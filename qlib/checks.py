@@ -465,3 +465,291 @@ def check_layer_qparams(scale, zero_point, qmodel, name: str) -> bool:
         return report(False, "", f"{zero_point} is not the output zero point of {name}.",
                       f"look at model.{name}.zero_point; after a ReLU it is 0, for logits it is not.")
     return report(True, f"{name} writes its output with scale {scale:.6g} and zero point {zero_point}.")
+
+
+def _fake_quantize_cases():
+    """(label, x, scale, zero_point, quant_min, quant_max): the cases a fake quantizer must get exactly."""
+    torch.manual_seed(0)
+    edge = torch.tensor([-0.6, -0.5, -0.4, 0.0, 0.4, 0.5, 0.6])
+    return [
+        ("ordinary values, 8-bit range", torch.randn(2000) * 2, 0.02, 3, -128, 127),
+        # x = -43.845 is a near-tie at the lower edge: round(x * (1 / S)) = -119 (clipped), round(x / S) = -118
+        ("near-ties with an inexact inverse scale (x / S close to k + 0.5, S = 0.37)",
+         (torch.arange(-120, 120) + 0.5) * 0.37, 0.37, 0, -118, 127),
+        ("exact ties (x / S = k + 0.5)", (torch.arange(-40, 40) + 0.5) * 0.25, 0.25, 1, 0, 255),
+        ("values beyond a 4-bit range", torch.linspace(-3, 3, 241), 0.1, 0, -8, 7),
+        ("values within half a step of the edges", torch.cat([(edge - 8) * 0.1, (edge + 7) * 0.1]), 0.1, 0, -8, 7),
+    ]
+
+
+def _torch_fake_quantize(x, scale, zero_point, quant_min, quant_max, grad_output=None):
+    """torch's fake quantization of x, and the gradient it sends back for `grad_output`."""
+    x = x.clone().requires_grad_(True)
+    y = torch.fake_quantize_per_tensor_affine(x, scale, zero_point, quant_min, quant_max)
+    y.backward(torch.ones_like(y) if grad_output is None else grad_output)
+    return y.detach(), x.grad
+
+
+def _read_real_result(got, label: str, x: torch.Tensor, what: str) -> torch.Tensor:
+    subject = f"on {label}, your function returned"
+    tensor = _read_tensor(got, subject, f"a float tensor of shape {tuple(x.shape)} ({what})")
+    _require_shape(tensor, got, x.shape, subject)
+    return tensor
+
+
+@_checker("fn: your function fn(x, scale, zero_point, quant_min, quant_max), returning a float tensor shaped like x")
+def check_fake_quantize(fn) -> bool:
+    """Does fn(x, scale, zero_point, quant_min, quant_max) equal torch.fake_quantize_per_tensor_affine
+    bit for bit (torch.equal once both are float32)?
+
+    A float64 answer counts only if it holds exactly the float32 values; an integer answer is refused
+    (fake quantization returns reals on the grid, not the integers).
+    """
+    for label, x, scale, zero_point, qmin, qmax in _fake_quantize_cases():
+        expected, _ = _torch_fake_quantize(x, scale, zero_point, qmin, qmax)
+        got = _read_real_result(_call_learner(fn, x.clone(), scale, zero_point, qmin, qmax), label, x,
+                                "the dequantized values")
+        if not got.is_floating_point():
+            return report(False, "", f"on {label}, your function returned integers ({got.dtype}).",
+                          "that is the quantize half: dequantize them, (q - zero_point) * scale.")
+        if torch.equal(got.to(torch.float64), expected.to(torch.float64)):
+            continue
+        wrong = got.to(torch.float64) != expected.to(torch.float64)
+        i = int(wrong.nonzero()[0])
+        _, passed = _torch_fake_quantize(x, scale, zero_point, qmin, qmax)
+        if not bool(passed[wrong].any()):  # wrong only where torch clips
+            hint = f"clamp the integers to [quant_min, quant_max] = [{qmin}, {qmax}] before dequantizing."
+        elif label.startswith("exact ties"):
+            hint = "round half to even (torch.round), and add the zero point after rounding, not before."
+        elif label.startswith("near-ties"):
+            hint = ("torch multiplies by the inverse of the scale, round(x * (1 / scale)), not x / scale: near a "
+                    "tie the two round to different integers.")
+        else:
+            hint = ("q = clamp(round(x * (1 / scale)) + zero_point, quant_min, quant_max), then (q - zero_point) "
+                    "* scale.")
+        return report(False, "", f"on {label}: {int(wrong.sum())} of {x.numel()} values differ; e.g. x = "
+                      f"{x[i].item():.7g} (S = {scale}, Z = {zero_point}, range [{qmin}, {qmax}]) gives "
+                      f"{got[i].item():.7g}, torch gives {expected[i].item():.7g}.", hint)
+    return report(True, "your fake quantization equals torch.fake_quantize_per_tensor_affine bit for bit, on "
+                  "ordinary values, exact ties, an inexact inverse scale and values beyond a 4-bit range.")
+
+
+@_checker("fn: your function fn(grad_output, x, scale, zero_point, quant_min, quant_max), returning a float "
+          "tensor shaped like x")
+def check_ste_gradient(fn) -> bool:
+    """Does fn(grad_output, x, scale, zero_point, quant_min, quant_max) return the gradient that
+    torch.fake_quantize_per_tensor_affine sends back to x (the straight-through estimator)? Exactly.
+    """
+    for label, x, scale, zero_point, qmin, qmax in _fake_quantize_cases():
+        grad_output = torch.rand_like(x) + 0.5
+        _, expected = _torch_fake_quantize(x, scale, zero_point, qmin, qmax, grad_output)
+        got = _read_real_result(_call_learner(fn, grad_output.clone(), x.clone(), scale, zero_point, qmin, qmax),
+                                label, x, "the gradient with respect to x")
+        if torch.equal(got.to(torch.float64), expected.to(torch.float64)):
+            continue
+        wrong = got.to(torch.float64) != expected.to(torch.float64)
+        i = int(wrong.nonzero()[0])
+        lo, hi = scale * (qmin - zero_point), scale * (qmax - zero_point)
+        beyond = (x < lo) | (x > hi)
+        if bool((got == 0).all()):
+            hint = ("the true derivative of round() is 0 almost everywhere, which is why training would stall; the "
+                    "straight-through estimator passes grad_output through where x was not clipped.")
+        elif torch.equal(got.to(torch.float64), (expected != 0).to(torch.float64)):
+            hint = "that is the mask; the gradient is grad_output times it (the chain rule)."
+        elif torch.equal(got.to(torch.float64), grad_output.to(torch.float64)):
+            hint = "where x was clipped (beyond quant_min or quant_max) the output is constant: the gradient is 0 there."
+        elif label.startswith("near-ties"):
+            hint = ("decide on the integer torch computes, round(x * (1 / scale)) + zero_point, not x / scale: near "
+                    "a tie at the edge of the range the two round to different integers, one of them clipped.")
+        elif bool(beyond[wrong].all()):
+            hint = ("a value is clipped only if its rounded integer round(x * (1 / scale)) + zero_point falls outside "
+                    "[quant_min, quant_max]: values within half a step beyond the edge round onto it and keep "
+                    "their gradient.")
+        else:
+            hint = "inside the range the gradient is grad_output itself (round() is treated as the identity)."
+        return report(False, "", f"on {label}: {int(wrong.sum())} of {x.numel()} gradients differ; e.g. x = "
+                      f"{x[i].item():.7g} (S = {scale}, Z = {zero_point}, range [{qmin}, {qmax}]) gets "
+                      f"{got[i].item():.7g}, torch gives {expected[i].item():.7g}.", hint)
+    return report(True, "your gradient equals the one torch.fake_quantize_per_tensor_affine sends back: grad_output "
+                  "where the value was inside the grid's range, 0 where it was clipped.")
+
+
+# --- notebook 10: per-layer SQNR and float islands --------------------------------------------------
+
+@_checker("sqnr_db: one number, the layer's SQNR in dB (a float or a one-element tensor)")
+def check_layer_sqnr(sqnr_db, float_model, qmodel, images, layer: str) -> bool:
+    """Is `sqnr_db` the SQNR (dB) of layer `layer`'s int8 output against the fused float twin's, both
+    models fed `images`, as qlib.sensitivity.layer_sqnr computes it (propagated_db)?
+
+    Judged to 0.005 dB: float32 sums (the learner's) and float64 ones (qlib's) differ by far less,
+    while each mistake below moves the answer by whole decibels.
+    """
+    from .sensitivity import layer_sqnr
+
+    got = _read_number(sqnr_db, "sqnr_db")
+    table = layer_sqnr(float_model, qmodel, images, batch_size=len(images), layers=[layer])
+    expected = float(table.loc[layer, "propagated_db"])
+    if abs(got - expected) <= 0.005:
+        return report(True, f"{layer}: SQNR = {expected:.3f} dB, as qlib.sensitivity.layer_sqnr measures it "
+                      f"on these {len(images)} images.")
+    if math.isclose(got, 2 * expected, rel_tol=1e-3):
+        hint = "SQNR compares powers (sums of squares): 10 log10, not 20 log10."
+    elif math.isclose(got, -expected, rel_tol=1e-3):
+        hint = "signal over noise: sum(float^2) / sum((float - int8)^2), not the other way round."
+    else:
+        hint = ("hook the layer in both models, run the same images through each, then "
+                "10 log10(sum(f^2) / sum((f - q.dequantize())^2)) over every element, f from the float twin.")
+    return report(False, "", f"got {got:.4f} dB, the layer's SQNR is {expected:.4f} dB.", hint)
+
+
+def _int8_layers(model, skip: str = "") -> list[str]:
+    """Types of the int8 conv / linear layers of a converted model, outside the module `skip`."""
+    import torch.ao.nn.quantized as nnq
+
+    return sorted(type(m).__name__ for name, m in model.named_modules()
+                  if isinstance(m, (nnq.Conv2d, nnq.Linear)) and not (skip and (name == skip or
+                                                                               name.startswith(skip + "."))))
+
+
+def _pipeline(model, images, qconfig, engine, whose: str):
+    """prepare (no fusion: the island is inserted after it) -> calibrate on `images` -> convert."""
+    from . import ptq
+    from .errors import QlibError
+
+    try:
+        prepared = ptq.prepare_static(model, engine, qconfig, fuse=False)
+        ptq.calibrate(prepared, [images], progress=False)
+        return ptq.convert_static(prepared, engine)
+    except QlibError as error:
+        raise _NotYet(f"qlib's pipeline refused {whose}: {error}",
+                      "the island is DeQuantStub -> the layer (its qconfig = None) -> QuantStub, in the "
+                      "layer's place.") from None
+    except Exception as error:
+        raise _NotYet(f"preparing, calibrating or converting {whose} failed: {_exception_text(error)}",
+                      "start again from sensitivity.fused_float(float_model) and replace only the one layer.") from None
+
+
+@_checker("model: your fused float model (an nn.Module) with the layer in a float island")
+def check_float_island(model, layer: str, float_model, images, qconfig=None, engine: str = "x86") -> bool:
+    """Does `model` (fused, with `layer` wrapped by the learner) convert into an int8 model that
+    keeps exactly `layer` in float and computes, bit for bit, what qlib.sensitivity.keep_in_float's
+    island computes, both calibrated on `images` with `qconfig`?
+    """
+    from .engines import engine_active
+    from .sensitivity import fused_float, keep_in_float
+
+    if not isinstance(model, torch.nn.Module):
+        raise _NotYet(f"model is {_describe(model)}; expected your float model with the island (an nn.Module).")
+    float_type = type(fused_float(float_model).get_submodule(layer))
+    converted = _pipeline(model, images, qconfig, engine, "your model")
+    reference = _pipeline(keep_in_float(float_model, [layer]), images, qconfig, engine, "the reference island")
+    try:
+        region = converted.get_submodule(layer)
+    except AttributeError:
+        raise _NotYet(f"your model has no module {layer!r} any more.",
+                      "put the island in the layer's place, under the same name: setattr(parent, name, island).") \
+            from None
+    if not any(type(m) is float_type for m in region.modules()):
+        now = ", ".join(sorted({type(m).__name__ for m in region.modules()}))
+        return report(False, "", f"after convert(), {layer} holds no float {float_type.__name__} (it holds: {now}).",
+                      "set the layer's own qconfig to None before preparing: prepare() and convert() then leave "
+                      "it alone.")
+    mine, theirs = _int8_layers(converted, layer), _int8_layers(reference, layer)
+    if mine != theirs:
+        return report(False, "", f"outside {layer}, your model has {len(mine)} int8 conv / linear layers, the "
+                      f"island model {len(theirs)}.", "keep only this one layer in float: qconfig = None on "
+                      "the layer itself, not on its parent or the whole model.")
+    with engine_active(engine), torch.inference_mode():
+        got, want = converted(images), reference(images)
+    if not torch.equal(got, want):
+        return report(False, "", f"{int((got != want).sum())} of {want.numel()} outputs differ from the island's.",
+                      "the island is DeQuantStub -> layer -> QuantStub, and the QuantStub keeps the model's "
+                      "qconfig, so that its observer sets the scale of the float layer's output.")
+    return report(True, f"{layer} runs in float between a DeQuantStub and a QuantStub; the other "
+                  f"{len(mine)} conv / linear layers stay int8, and the outputs equal the island model's bit for bit.")
+
+
+# --- notebook 11: PT2E graphs (torchao) --------------------------------------------------------------
+
+def _graph_quantize_node(converted, tensor: str):
+    """The quantize_per_tensor node of a converted PT2E graph that quantizes node `tensor`'s output."""
+    if not isinstance(converted, torch.fx.GraphModule):
+        raise _NotYet(f"the model is {_describe(converted)}; expected the converted PT2E graph (what convert_pt2e "
+                      "returns, a torch.fx.GraphModule).")
+    names = {node.name for node in converted.graph.nodes}
+    if tensor not in names:
+        raise _NotYet(f"the graph has no node named {tensor!r}.", "node names are those of converted.graph.nodes "
+                      "(print(converted.graph) lists them), e.g. 'relu'.")
+    for node in converted.graph.nodes:
+        if (node.op == "call_function" and str(node.target).startswith("quantized_decomposed.quantize_per_tensor")
+                and isinstance(node.args[0], torch.fx.Node) and node.args[0].name == tensor):
+            return node
+    raise _NotYet(f"the graph does not quantize the output of {tensor!r}: no quantize_per_tensor reads it.",
+                  "pick a node that a quantize_per_tensor node takes as its first argument.")
+
+
+@_checker("scale: one number; zero_point: one integer")
+def check_graph_qparams(scale, zero_point, converted, tensor: str) -> bool:
+    """Are (scale, zero_point) what the converted PT2E graph quantizes node `tensor`'s output with?
+
+    convert_pt2e writes them as literal arguments of a quantize_per_tensor node: (input, scale,
+    zero_point, quant_min, quant_max, dtype). Judged by value: a scale within 1e-6 (relative) in
+    any form, a zero point with an integer value; a non-integer zero point is refused.
+    """
+    node = _graph_quantize_node(converted, tensor)
+    want_scale, want_zero_point = float(node.args[1]), int(node.args[2])
+    scale, zero_point = _read_number(scale, "scale"), _read_zero_point(zero_point)
+    where = (f"the graph node {node.name} = quantize_per_tensor({tensor}, scale, zero_point, quant_min, quant_max, "
+             "dtype)")
+    if not math.isclose(scale, want_scale, rel_tol=1e-6):
+        return report(False, "", f"{scale:.8g} is not the scale the graph quantizes {tensor!r} with.",
+                      f"find the node whose target is quantize_per_tensor and whose args[0] is {tensor!r}; "
+                      "its args[1] is the scale.")
+    if zero_point != want_zero_point:
+        return report(False, "", f"{zero_point} is not the zero point the graph quantizes {tensor!r} with.",
+                      f"it is args[2] of {node.name}; after a ReLU it is 0.")
+    return report(True, f"{where}: scale {want_scale:.6g}, zero point {want_zero_point}, range "
+                  f"{node.args[3]}..{node.args[4]}.")
+
+
+@_checker("weight: an integer tensor, the int8 weight the graph stores for that layer")
+def check_graph_weight(weight, converted, module: str) -> bool:
+    """Is `weight` the int8 weight the converted PT2E graph stores for conv / linear `module`?
+
+    convert_pt2e keeps each weight as an int8 constant that a dequantize_per_channel node reads
+    right before the conv / linear. Judged with torch.equal on the integer values (any integer
+    dtype wide enough for -128..127); floats are refused with the reason.
+    """
+    from . import pt2e
+
+    if not isinstance(converted, torch.fx.GraphModule):
+        raise _NotYet(f"the model is {_describe(converted)}; expected the converted PT2E graph (what convert_pt2e "
+                      "returns, a torch.fx.GraphModule).")
+    stored = pt2e.int8_weights(converted)
+    if module not in stored:
+        raise _NotYet(f"the graph has no conv or linear layer from module {module!r}.",
+                      f"modules with an int8 weight: {', '.join(list(stored)[:6])}...")
+    want = stored[module][0]
+    subject = "weight is"
+    got = _read_tensor(weight, subject, f"an int8 tensor of shape {tuple(want.shape)}", integers=True,
+                       hint="the graph stores integers: read the int8 constant the dequantize_per_channel node "
+                            "reads, not the float weight.")
+    _require_shape(got, weight, want.shape, subject, "take the whole constant the dequantize_per_channel node "
+                   "reads, not a slice of it.")
+    if got.is_floating_point():
+        return report(False, "", f"{subject} a float tensor ({got.dtype}): the float weight, or its dequantized "
+                      "values, not the int8 integers the graph stores.",
+                      "the conv node's args[1] is a dequantize_per_channel node; its args[0] is a get_attr node "
+                      "whose target names the int8 constant: getattr(converted, node.target).")
+    if torch.equal(got.to(torch.int64), want.to(torch.int64)):
+        return report(True, f"the graph stores {module}'s weight as {tuple(want.shape)} int8 values, "
+                      f"from {int(want.min())} to {int(want.max())}, with {stored[module][1].numel()} "
+                      "per-channel scales.")
+    other = [name for name, (w, _s) in stored.items()
+             if name != module and w.shape == got.shape and torch.equal(w.to(torch.int64), got.to(torch.int64))]
+    hint = (f"that is the weight of {other[0]}: pick the conv2d node whose nn_module_stack ends with {module!r}."
+            if other else "read the int8 constant itself (getattr(converted, get_attr_node.target)), not a "
+            "requantized copy.")
+    differ = int((got.to(torch.int64) != want.to(torch.int64)).sum())
+    return report(False, "", f"{differ} of {want.numel()} values differ from the int8 weight the graph stores "
+                  f"for {module}.", hint)

@@ -5,6 +5,7 @@ import re
 
 import pytest
 
+from qlib import pt2e
 from qlib.paths import REPO_ROOT
 
 NOTEBOOKS = sorted((REPO_ROOT / "notebooks").glob("*.ipynb"))
@@ -47,4 +48,5 @@ def test_requirements_are_pinned_exactly():
     assert not loose, f"unpinned requirements: {loose}"
     pins = dict(l.split("==") for l in lines)
     assert pins["torch"] == "2.14.1" and pins["torchvision"] == "0.29.1"
+    assert pins["torchao"] == pt2e.TORCHAO_VERSION  # the version qlib.pt2e checks at import
     assert pins["ipywidgets"].startswith("8.") and pins["jupyterlab_widgets"].startswith("3.")
