@@ -116,12 +116,12 @@ def prepare_static(model: nn.Module, engine: str = "x86", qconfig: QConfig | Non
     `qconfig` defaults to the engine's own (get_default_qconfig(engine)); pass another one to
     study observer choices (e.g. MinMax vs Histogram, per-tensor vs per-channel weights).
     """
-    if check:
-        check_quantizable(model)
-    if stage(model) != "float":
+    if isinstance(model, nn.Module) and stage(model) != "float":  # before the fx check, which would trip on observers
         raise PipelineOrderError(f"prepare_static() got a model that is already {stage(model)}: preparing it "
                                  "again would observe the observers. Prepare the float model (e.g. "
                                  "qlib.pretrained.load(...)) once.")
+    if check:
+        check_quantizable(model)
     check_engine(engine)
     if qconfig is not None and not isinstance(qconfig, QConfig):
         raise BadInputError(f"qconfig is {kind_of(qconfig)}, not a torch.ao.quantization.QConfig. Pass e.g. "
@@ -197,6 +197,6 @@ def describe_qconfig(qconfig: QConfig) -> dict[str, str]:
         observer = getattr(qconfig, role)()
         qscheme = str(getattr(observer, "qscheme", "")).replace("torch.", "")
         described[role] = (f"{type(observer).__name__}({str(observer.dtype).replace('torch.', '')}, {qscheme}, "
-                           f"reduce_range={getattr(observer, 'reduce_range', False)}, "
+                           f"reduce_range={getattr(getattr(observer, 'activation_post_process', observer), 'reduce_range', False)}, "
                            f"range {observer.quant_min}..{observer.quant_max})")
     return described

@@ -173,3 +173,10 @@ def test_describe_qconfig_reads_the_observers_back():
     assert x86["activation"] == "HistogramObserver(quint8, per_tensor_affine, reduce_range=True, range 0..127)"
     assert x86["weight"].startswith("PerChannelMinMaxObserver(qint8, per_channel_symmetric")
     assert qnnpack["weight"].startswith("MinMaxObserver(qint8, per_tensor_symmetric") and "0..255" in qnnpack["activation"]
+
+
+def test_describe_qconfig_reads_reduce_range_inside_a_fake_quantize():
+    from torch.ao.quantization import get_default_qat_qconfig
+
+    qat = ptq.describe_qconfig(get_default_qat_qconfig("x86"))
+    assert "reduce_range=True" in qat["activation"] and "range 0..127" in qat["activation"]
