@@ -8,6 +8,7 @@ the `.qengine` that qlib.ptq records on the models it converts. Notebook 06, stu
 from __future__ import annotations
 
 import contextlib
+import os
 from typing import Iterator
 
 import torch
@@ -25,6 +26,32 @@ def check_engine(engine: str) -> str:
     """`engine` itself, or an error naming the engines this torch build has."""
     return check_choice(engine, "engine", available_engines(), "a quantized engine this torch build has, so no "
                         "kernel could run the model")
+
+
+# The engine the course quantizes for when a notebook does not study engines: x86 where this torch
+# build has it (every x86-64 CPU), else qnnpack (Apple Silicon, ARM). QLIB_ENGINE overrides both.
+PREFERRED_ENGINES = ("x86", "qnnpack")
+ENGINE_VARIABLE = "QLIB_ENGINE"
+
+
+def course_engine() -> str:
+    """The one place that picks the engine the notebooks use: $QLIB_ENGINE if set (checked: a
+    misspelt name is an error, never replaced by a default), else the first of PREFERRED_ENGINES
+    this torch build has."""
+    chosen = os.environ.get(ENGINE_VARIABLE)
+    if chosen is not None:
+        return check_choice(chosen, f"${ENGINE_VARIABLE}", available_engines(),
+                            "a quantized engine this torch build has; unset it to let qlib choose")
+    for engine in PREFERRED_ENGINES:
+        if engine in available_engines():
+            return engine
+    return check_choice(PREFERRED_ENGINES[-1], "the course's engine", available_engines(),
+                        "an engine of this torch build; set $QLIB_ENGINE to one of them")
+
+
+def resolve_engine(engine: str | None) -> str:
+    """`engine` checked, or the course's engine when it is None (qlib's pipeline defaults)."""
+    return course_engine() if engine is None else check_engine(engine)
 
 
 def use_engine(engine: str) -> str:

@@ -17,7 +17,7 @@ from torch import nn
 from torch.ao.quantization import QConfig, convert, get_default_qconfig, prepare
 from tqdm.auto import tqdm
 
-from .engines import check_engine, use_engine
+from .engines import resolve_engine, use_engine
 from .errors import BadInputError, PipelineOrderError, check_whole, kind_of
 from .quantizable import check_quantizable
 from .stages import check_prepared, observers, stage, unobserved
@@ -109,7 +109,7 @@ def calibrate(prepared: nn.Module, calibration_data, num_batches: int | None = N
     return seen
 
 
-def prepare_static(model: nn.Module, engine: str = "x86", qconfig: QConfig | None = None,
+def prepare_static(model: nn.Module, engine: str | None = None, qconfig: QConfig | None = None,
                    fuse: bool = True, check: bool = True) -> nn.Module:
     """A prepared copy of `model`: eval mode, fused, qconfig set, observers inserted.
 
@@ -122,7 +122,7 @@ def prepare_static(model: nn.Module, engine: str = "x86", qconfig: QConfig | Non
                                  "qlib.pretrained.load(...)) once.")
     if check:
         check_quantizable(model)
-    check_engine(engine)
+    engine = resolve_engine(engine)
     if qconfig is not None and not isinstance(qconfig, QConfig):
         raise BadInputError(f"qconfig is {kind_of(qconfig)}, not a torch.ao.quantization.QConfig. Pass e.g. "
                             "get_default_qconfig('x86') or QConfig(activation=..., weight=...), or None for "
@@ -134,7 +134,7 @@ def prepare_static(model: nn.Module, engine: str = "x86", qconfig: QConfig | Non
     return prepare(float_copy)
 
 
-def convert_static(prepared: nn.Module, engine: str = "x86") -> nn.Module:
+def convert_static(prepared: nn.Module, engine: str | None = None) -> nn.Module:
     """convert() a calibrated model under `engine` (a copy: `prepared` can go on calibrating).
 
     Refuses a model that was never prepared (convert would return it unchanged) or never
@@ -151,14 +151,14 @@ def convert_static(prepared: nn.Module, engine: str = "x86") -> nn.Module:
     return _convert(prepared, engine)
 
 
-def _convert(prepared: nn.Module, engine: str) -> nn.Module:
-    use_engine(engine)
+def _convert(prepared: nn.Module, engine: str | None) -> nn.Module:
+    engine = use_engine(resolve_engine(engine))
     quantized = convert(prepared, inplace=False)
     quantized.qengine = engine
     return quantized.eval()
 
 
-def quantize_static(model: nn.Module, calibration_data, engine: str = "x86",
+def quantize_static(model: nn.Module, calibration_data, engine: str | None = None,
                     num_batches: int | None = None, progress: bool = True,
                     qconfig: QConfig | None = None) -> nn.Module:
     """The converted int8 model of a quantizable float `model`, calibrated on `calibration_data`.
@@ -167,12 +167,13 @@ def quantize_static(model: nn.Module, calibration_data, engine: str = "x86",
     (images, labels) pairs). The engine becomes torch's active quantized engine, since the
     converted model's packed weights only run under it; the result records it as `.qengine`.
     """
+    engine = resolve_engine(engine)
     prepared = prepare_static(model, engine, qconfig)
     calibrate(prepared, calibration_data, num_batches, progress)
     return convert_static(prepared, engine)
 
 
-def quantized_skeleton(model: nn.Module, engine: str = "x86", qconfig: QConfig | None = None) -> nn.Module:
+def quantized_skeleton(model: nn.Module, engine: str | None = None, qconfig: QConfig | None = None) -> nn.Module:
     """A converted model with the right structure and placeholder qparams, to load_state_dict into.
 
     A saved int8 state dict holds quantized weights and every scale / zero point, but no

@@ -29,7 +29,7 @@ from torch.ao.quantization.fake_quantize import (FakeQuantizeBase, default_per_c
 from torch.ao.quantization.observer import default_per_channel_weight_observer, default_weight_observer
 from tqdm.auto import tqdm
 
-from .engines import check_engine, use_engine
+from .engines import resolve_engine, use_engine
 from .errors import BadInputError, PipelineOrderError, check_flag, check_whole, kind_of
 from .quantizable import check_quantizable
 from .stages import stage, unobserved
@@ -42,7 +42,7 @@ def weight_range(bits: int) -> tuple[int, int]:
     return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
 
 
-def qconfig(engine: str = "x86", weight_bits: int = 8, per_channel: bool = True, qat: bool = True) -> QConfig:
+def qconfig(engine: str | None = None, weight_bits: int = 8, per_channel: bool = True, qat: bool = True) -> QConfig:
     """The engine's default activations with `weight_bits`-bit symmetric weights, for QAT or for PTQ.
 
     The QAT and the PTQ qconfig of one setting quantize to the same grids (same activation range,
@@ -52,7 +52,7 @@ def qconfig(engine: str = "x86", weight_bits: int = 8, per_channel: bool = True,
     observer's own, the one convert() uses, whereas the fused FakeQuantize of version 1 trains
     symmetric weights with another formula (see `scale_mismatches`).
     """
-    check_engine(engine)
+    engine = resolve_engine(engine)
     check_flag(per_channel, "per_channel")
     check_flag(qat, "qat")
     qmin, qmax = weight_range(weight_bits)
@@ -91,14 +91,14 @@ def fake_quants(model: nn.Module) -> dict[str, FakeQuantizeBase]:
     return {name: m for name, m in model.named_modules() if isinstance(m, FakeQuantizeBase)}
 
 
-def prepare_qat_copy(model: nn.Module, qconfig: QConfig | None = None, engine: str = "x86") -> nn.Module:
+def prepare_qat_copy(model: nn.Module, qconfig: QConfig | None = None, engine: str | None = None) -> nn.Module:
     """A QAT-ready copy of float `model`: train mode, fused with fuse_modules_qat, fake quants in.
 
     Fusing in train mode keeps BN as a module inside ConvBn2d / ConvBnReLU2d (eval-mode fusion would
     fold its running statistics once and for all). `qconfig` defaults to the engine's QAT one
     (torch's fused fake quants; `qlib.qat.qconfig(...)` gives unfused ones that convert agrees with).
     """
-    check_engine(engine)
+    engine = resolve_engine(engine)
     chosen = get_default_qat_qconfig(engine) if qconfig is None else qconfig
     if not isinstance(chosen, QConfig):
         raise BadInputError(f"qconfig is {kind_of(chosen)}, not a torch.ao.quantization.QConfig. Pass e.g. "
@@ -217,14 +217,14 @@ def fine_tune(model: nn.Module, batches: Iterable, steps: int, lr: float = 1e-3,
     return pd.DataFrame(rows).set_index("step")
 
 
-def convert_qat(model: nn.Module, engine: str = "x86") -> nn.Module:
+def convert_qat(model: nn.Module, engine: str | None = None) -> nn.Module:
     """The int8 model of a fine-tuned QAT model (a copy, in eval mode), under `engine`.
 
     convert() folds each ConvBn's BN (running statistics) into its weight, quantizes the weights
     with the fake quants' scales, and gives every layer its activation fake quant's output qparams.
     """
     _check_prepared_qat(model, "convert_qat")
-    check_engine(engine)
+    engine = resolve_engine(engine)
     empty = unobserved(model)
     if empty:
         raise PipelineOrderError(f"{len(empty)} fake quants have seen no data (first: {empty[0]}): their scale is "

@@ -174,10 +174,30 @@ def test_layers_the_calibration_never_reached_are_named(images):
         ptq.convert_static(prepared)
 
 
-@pytest.mark.parametrize("engine", ["", None, 3, "X86", "cuda"])
+@pytest.mark.parametrize("engine", ["", 3, "X86", "cuda"])
 def test_an_unknown_engine_is_refused_naming_the_available_ones(engine, seednet):
     with pytest.raises(BadInputError, match=r"is not a quantized engine this torch build has.*Pass one of \[.*'x86'"):
         ptq.prepare_static(seednet, engine=engine)
+
+
+@pytest.mark.parametrize("chosen", ["", "X86", "arm"])
+def test_a_misspelt_QLIB_ENGINE_is_refused_not_replaced(chosen, seednet, monkeypatch):
+    monkeypatch.setenv("QLIB_ENGINE", chosen)
+    with pytest.raises(BadInputError, match=r"\$QLIB_ENGINE=.* unset it to let qlib choose"):
+        ptq.prepare_static(seednet)
+
+
+@pytest.mark.parametrize("chosen", ["qnnpack", "x86"])
+def test_no_engine_means_the_course_engine_which_QLIB_ENGINE_sets(chosen, seednet, monkeypatch, images):
+    monkeypatch.setenv("QLIB_ENGINE", chosen)
+    assert ptq.quantize_static(seednet, [images], progress=False).qengine == chosen
+
+
+def test_without_QLIB_ENGINE_the_course_engine_is_x86_where_torch_has_it(monkeypatch):
+    from qlib import engines
+    monkeypatch.delenv("QLIB_ENGINE", raising=False)
+    expected = "x86" if "x86" in engines.available_engines() else "qnnpack"
+    assert engines.course_engine() == expected
 
 
 @pytest.mark.parametrize("qconfig", ["x86", get_default_qconfig, {"activation": None}])

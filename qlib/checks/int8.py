@@ -1,0 +1,3 @@
+"""Notebook 08: the int8 arithmetic written with integers."""
+
+from __future__ import annotations
