@@ -50,3 +50,48 @@ def test_requirements_are_pinned_exactly():
     assert pins["torch"] == "2.14.1" and pins["torchvision"] == "0.29.1"
     assert pins["torchao"] == pt2e.TORCHAO_VERSION  # the version qlib.pt2e checks at import
     assert pins["ipywidgets"].startswith("8.") and pins["jupyterlab_widgets"].startswith("3.")
+
+
+# "notebook 07", "notebooks 05-07", "Notebooks 03, 05-08", "notebooks 01, 05 and 07", "notebooks 04 to 07"
+_NOTEBOOK_REFERENCE = re.compile(r"\b[Nn]otebooks? (\d\d(?:(?:\s*[,–-]\s*|\s+(?:and|or|to)\s+)\d\d)*)")
+
+
+def _referenced_numbers(text: str) -> set[str]:
+    numbers = set()
+    for match in _NOTEBOOK_REFERENCE.finditer(text):
+        found = re.findall(r"\d\d", match.group(1))
+        numbers.update(found)
+        for low, high in re.findall(r"(\d\d)\s*(?:[–-]|\s+to\s+)\s*(\d\d)", match.group(1)):
+            numbers.update(f"{n:02d}" for n in range(int(low), int(high) + 1))
+    return numbers
+
+
+def _texts_that_refer_to_notebooks():
+    sources = [("README.md", (REPO_ROOT / "README.md").read_text())]
+    sources += [(p.relative_to(REPO_ROOT).as_posix(), p.read_text()) for p in sorted((REPO_ROOT / "qlib").rglob("*.py"))]
+    for path in NOTEBOOKS:
+        cells = json.loads(path.read_text())["cells"]
+        sources.append((path.name, "\n".join("".join(cell["source"]) for cell in cells)))
+    return sources
+
+
+def test_the_reference_parser_reads_ranges_and_lists():
+    assert _referenced_numbers("see notebooks 05-07 and notebook 11") == {"05", "06", "07", "11"}
+    assert _referenced_numbers("Notebooks 03, 05 and 08; notebooks 04 to 06") == {"03", "04", "05", "06", "08"}
+
+
+def test_every_notebook_reference_names_a_notebook_that_exists():
+    existing = {p.name[:2] for p in NOTEBOOKS}
+    dangling = {name: sorted(_referenced_numbers(text) - existing) for name, text in _texts_that_refer_to_notebooks()}
+    dangling = {name: numbers for name, numbers in dangling.items() if numbers}
+    assert not dangling, f"references to notebooks that do not exist: {dangling}"
+    files = {p.name for p in NOTEBOOKS}
+    named = {name: sorted(set(re.findall(r"\b\d\d_[a-z0-9_]+\.ipynb", text)) - files)
+             for name, text in _texts_that_refer_to_notebooks()}
+    named = {name: missing for name, missing in named.items() if missing}
+    assert not named, f"notebook file names that do not exist: {named}"
+
+
+def test_the_readme_does_not_call_an_existing_notebook_planned():
+    readme = (REPO_ROOT / "README.md").read_text()
+    assert not re.search(r"\bplanned\b", readme, re.I), "the README still calls something planned"

@@ -58,7 +58,7 @@ def check_graph_weight(weight, converted, module: str) -> bool:
     right before the conv / linear. Judged with torch.equal on the integer values (any integer
     dtype wide enough for -128..127); floats are refused with the reason.
     """
-    from . import pt2e
+    from .. import pt2e
 
     if not isinstance(converted, torch.fx.GraphModule):
         raise _NotYet(f"the model is {_describe(converted)}; expected the converted PT2E graph (what convert_pt2e "
