@@ -13,8 +13,8 @@ compares them with torch on random and adversarial inputs). Measured on the pinn
     dequantize_per_channel    r   = f32(f32(f32(q) - f32(Z_c)) * S_c), the product in double
 
 f32 = round to float32, rne = round half to even, wrap32 = two's-complement int32 overflow.
-The zero point is added *after* rounding: round(x / S) + Z, not round(x / S + Z) (torch 2.13 and
-many textbooks add it first; the two differ on exact ties such as x / S = 2.5).
+The zero point is added *after* rounding: round(x / S) + Z, not round(x / S + Z) (as many
+textbooks write it; the two differ on exact ties such as x / S = 2.5 when Z is odd).
 Notebook 01.
 """
 

@@ -6,7 +6,7 @@ from torch import nn
 from torch.ao.quantization import (HistogramObserver, MinMaxObserver, MovingAverageMinMaxObserver,
                                    PerChannelMinMaxObserver)
 
-from qlib import activations, observers, qmath
+from qlib import activations, histogram_search, observers, qmath
 
 
 @pytest.fixture
@@ -96,3 +96,89 @@ def test_record_outputs_collects_each_batch_and_removes_hooks():
     assert all(not m._forward_hooks for m in model.modules())
     with pytest.raises(ValueError, match="no submodule"):
         activations.record_outputs(model, ["conv9"], data)
+
+
+# ---------------------------------------------------------------- HistogramObserver's search, replayed
+
+def _histogram_data():
+    torch.manual_seed(0)
+    return {
+        "normal": [torch.randn(10_000) for _ in range(3)],
+        "laplace": [torch.distributions.Laplace(0.0, 1.0).sample((20_000,)) for _ in range(2)],
+        "relu, growing": [torch.relu(torch.randn(4, 16, 8, 8) * (1 + i)) for i in range(4)],
+        "shifting": [torch.randn(5_000) * (1 + i) + i for i in range(5)],
+        "squared exponential": [torch.empty(30_000).exponential_() ** 2],
+        "bytes": [torch.randint(0, 256, (5_000,)).float() / 255],
+    }
+
+
+@pytest.mark.parametrize("reduce_range", [False, True])
+@pytest.mark.parametrize("name", list(_histogram_data()))
+def test_search_replays_the_observer_bit_for_bit(name, reduce_range):
+    observer = HistogramObserver(reduce_range=reduce_range)
+    for batch in _histogram_data()[name]:
+        observer(batch)
+    search = histogram_search.search_observer(observer)
+    new_min, new_max = observer._non_linear_param_search()
+    assert torch.equal(search.new_min, new_min) and torch.equal(search.new_max, new_max)
+    scale, zero_point = observer.calculate_qparams()
+    assert qmath.qparams(search.new_min, search.new_max, reduce_range=reduce_range) == (scale.item(), zero_point.item())
+    for candidate in search.candidates:   # every score is torch's own, exactly
+        assert candidate.error == observer._compute_quantization_error(candidate.start_bin, candidate.end_bin)
+    accepted = [c for c in search.candidates if c.accepted]
+    assert accepted and search.candidates[0].accepted          # the first candidate is never compared
+    assert (search.start_bin, search.end_bin) == (accepted[-1].start_bin, accepted[-1].end_bin)
+    errors = [c.error for c in accepted]
+    assert errors == sorted(errors, reverse=True)               # it only goes down ...
+    if search.stopped_by is not None:                           # ... until the first rise
+        assert search.stopped_by is search.candidates[-1] and search.stopped_by.error > errors[-1]
+
+
+def test_search_scores_256_levels_even_with_reduce_range():
+    data = _histogram_data()["laplace"]
+    full, reduced = HistogramObserver(), HistogramObserver(reduce_range=True)
+    for batch in data:
+        full(batch), reduced(batch)
+    assert reduced.dst_nbins == 256 and reduced.quant_max - reduced.quant_min + 1 == 128
+    a, b = histogram_search.search_observer(full), histogram_search.search_observer(reduced)
+    assert a.candidates == b.candidates and torch.equal(a.new_max, b.new_max)
+    with_128 = histogram_search.search_observer(reduced, levels=128)
+    assert with_128.candidates[0].error > 3 * a.candidates[0].error   # twice the step: about 4x the error
+
+
+def test_walking_past_the_stop_keeps_torchs_answer():
+    observer = HistogramObserver()
+    for batch in _histogram_data()["laplace"]:
+        observer(batch)
+    stopped = histogram_search.search_observer(observer)
+    walked = histogram_search.search_observer(observer, stop_at_first_increase=False, max_candidates=50)
+    assert len(walked.candidates) == 50 and walked.candidates[:len(stopped.candidates)] == stopped.candidates
+    assert (walked.start_bin, walked.end_bin) == (stopped.start_bin, stopped.end_bin)
+    assert torch.equal(walked.new_max, stopped.new_max)
+    low, high = walked.range_of(walked.candidates[0])
+    assert low == pytest.approx(observer.min_val.item()) and high < observer.max_val.item()
+
+
+def test_search_refuses_bad_input():
+    with pytest.raises(ValueError, match="1-D float tensor"):
+        histogram_search.search(torch.ones(4, 4), 0.0, 1.0)
+    with pytest.raises(ValueError, match="negative, NaN"):
+        histogram_search.l2_error(torch.tensor([1.0, float("nan")]), 0.1, 0, 1)
+    with pytest.raises(ValueError, match="start_bin"):
+        histogram_search.l2_error(torch.ones(8), 0.1, 5, 2)
+    with pytest.raises(ValueError, match="min <= max"):
+        histogram_search.search(torch.ones(8), 1.0, 0.0)
+    with pytest.raises(ValueError, match="seen no data"):
+        histogram_search.search_observer(HistogramObserver())
+    with pytest.raises(ValueError, match="HistogramObserver"):
+        histogram_search.search_observer(MinMaxObserver())
+
+
+def test_quantization_mse_equals_qmaths_fake_quantize():
+    torch.manual_seed(0)
+    x = torch.randn(5000) * 3
+    for scale, zero_point in [qmath.qparams(x.min(), x.max()), qmath.qparams(-1.0, 2.0), (0.01, 255)]:
+        ours = float((qmath.fake_quantize(x, scale, zero_point).double() - x.double()).pow(2).mean())
+        assert observers.quantization_mse(x, scale, zero_point) == ours
+    with pytest.raises(ValueError, match="NaN"):
+        observers.quantization_mse(torch.tensor([float("nan")]), 0.1, 0)

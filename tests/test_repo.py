@@ -87,7 +87,7 @@ def test_every_notebook_reference_names_a_notebook_that_exists():
     assert not dangling, f"references to notebooks that do not exist: {dangling}"
     files = {p.name for p in NOTEBOOKS}
     named = {name: sorted(set(re.findall(r"\b\d\d_[a-z0-9_]+\.ipynb", text)) - files)
-             for name, text in _texts_that_refer_to_notebooks()}
+             for name, text in _texts_that_refer_to_notebooks() if not name.startswith("qlib/")}  # qlib: examples
     named = {name: missing for name, missing in named.items() if missing}
     assert not named, f"notebook file names that do not exist: {named}"
 

@@ -1,4 +1,5 @@
-"""Notebook 02: the observers' range rules and per-channel weight qparams."""
+"""Notebook 02: the observers' range rules, one step of HistogramObserver's search, and per-channel
+weight qparams."""
 
 from __future__ import annotations
 
@@ -6,7 +7,9 @@ import math
 
 import torch
 
-from .core import _ZERO_POINTS_ARE_INTEGERS, _call_learner, _checker, _read_number, _read_pair, _read_tensor, report
+from .. import histogram_search
+from .core import (_ZERO_POINTS_ARE_INTEGERS, _call_learner, _checker, _read_number, _read_pair,
+                   _read_tensor, report)
 
 
 @_checker("fn: your function fn(batches, c), returning a pair (min, max) of numbers")
@@ -67,3 +70,95 @@ def check_per_channel_qparams(scales, zero_points, weight: torch.Tensor) -> bool
                       f"{scales[c].item():.6g} vs {expected_s[c].item():.6g}.",
                       "per channel: S_c = max(|min_c|, |max_c|) / 127.5 (qmax - qmin = 255, halved).")
     return report(True, f"all {channels} scales and zero points equal PerChannelMinMaxObserver's.")
+
+
+def _minmax_batches() -> list[torch.Tensor]:
+    """Batches whose running range moves at both ends, then not at all; the last ones are positive,
+    so widening the range to include 0 too early shows."""
+    generator = torch.Generator().manual_seed(0)
+    return [torch.randn(4, 8, generator=generator) * 0.5 + 2.0,      # all positive: min > 0
+            torch.rand(4, 8, generator=generator) * 3.0 + 1.0,
+            torch.randn(4, 8, generator=generator) * 0.1 + 2.5,      # inside the range: changes nothing
+            torch.rand(4, 8, generator=generator) * 4.0 + 0.5]
+
+
+@_checker("fn: your function fn(lo, hi, batch), returning the updated pair (lo, hi)")
+def check_minmax_update(fn) -> bool:
+    """Does folding fn(lo, hi, batch) over batches, from MinMaxObserver's initial (inf, -inf),
+    end with the observer's (min_val, max_val)? Bit for bit, in any form holding the two numbers."""
+    from torch.ao.quantization import MinMaxObserver
+
+    batches = _minmax_batches()
+    observer = MinMaxObserver()
+    lo, hi = torch.tensor(float("inf")), torch.tensor(float("-inf"))   # the observer's buffers before any data
+    for index, batch in enumerate(batches):
+        observer(batch)
+        pair = _read_pair(_call_learner(fn, lo, hi, batch.clone()), "your function returned")
+        expected = (float(observer.min_val), float(observer.max_val))
+        got = (_read_number(pair[0], f"after batch {index}, the min"), _read_number(pair[1], f"after batch {index}, the max"))
+        if got != expected:
+            widened = got == (min(expected[0], 0.0), max(expected[1], 0.0))
+            hint = ("the observer keeps the data's own min and max; 0 is brought into the range only later, by "
+                    "calculate_qparams." if widened else
+                    "keep the running extremes: lo = min(lo, the batch's min), hi = max(hi, the batch's max) "
+                    "(torch.minimum / torch.maximum work on the inf start).")
+            return report(False, "", f"after batch {index}: got (min, max) = {got}, MinMaxObserver has {expected}.", hint)
+        lo, hi = torch.as_tensor(got[0], dtype=torch.float32), torch.as_tensor(got[1], dtype=torch.float32)
+    return report(True, f"after {len(batches)} batches (min, max) = ({lo.item():.6g}, {hi.item():.6g}), as "
+                  "MinMaxObserver's min_val and max_val.")
+
+
+def _histogram_cases():
+    """(label, observer, start_bin, end_bin): calibrated HistogramObservers and candidate ranges
+    that are whole, shrunk at one end or both, narrower than 256 bins, and a single bin."""
+    from torch.ao.quantization import HistogramObserver
+
+    generator = torch.Generator().manual_seed(0)
+    data = {"normal values": torch.randn(20_000, generator=generator),
+            "ReLU outputs": torch.relu(torch.randn(20_000, generator=generator)) * 3,
+            "heavy tails": torch.randn(20_000, generator=generator) ** 3}
+    observers = {}
+    for label, x in data.items():
+        observers[label] = HistogramObserver()
+        observers[label](x)
+    return [("normal values", observers["normal values"], 0, 2047),
+            ("ReLU outputs", observers["ReLU outputs"], 0, 1500),
+            ("heavy tails", observers["heavy tails"], 700, 1300),
+            ("heavy tails", observers["heavy tails"], 1000, 1100),
+            ("normal values", observers["normal values"], 900, 900)]
+
+
+@_checker("fn: your function fn(histogram, bin_width, start_bin, end_bin), returning one number")
+def check_histogram_error(fn) -> bool:
+    """Does fn(histogram, bin_width, start_bin, end_bin) return HistogramObserver's L2 error
+    estimate, `_compute_quantization_error(start_bin, end_bin)`, to 1e-3 (relative)?
+
+    torch computes it in float32 (about 1e-4 from the exact value on wide ranges), so float32 and
+    float64 answers both pass; the usual slips (only the bins inside the range, 128 levels, bin
+    edges for levels) are several percent off and are named when recognised.
+    """
+    for label, observer, start, end in _histogram_cases():
+        histogram, bins = observer.histogram.clone(), observer.bins
+        bin_width = (observer.max_val.item() - observer.min_val.item()) / bins
+        expected = observer._compute_quantization_error(start, end)
+        case = f"{label}, bins {start}..{end} of {bins}"
+        got = _read_number(_call_learner(fn, histogram, bin_width, start, end), f"on {case}, your estimate")
+        if math.isclose(got, expected, rel_tol=1e-3):
+            continue
+        inside = observer.histogram.clone()
+        inside[:start], inside[end + 1:] = 0, 0
+        slips = {
+            "only the bins inside the range were counted: values left of it go to the first level, right of it "
+            "to the last, and their error counts too.": histogram_search.l2_error(inside, bin_width, start, end),
+            "the estimate uses 2**8 = 256 levels whatever reduce_range says (dst_nbins).":
+                histogram_search.l2_error(observer.histogram, bin_width, start, end, levels=128),
+        }
+        hint = next((text for text, value in slips.items() if math.isclose(got, value, rel_tol=1e-3)),
+                    "spread each bin's count evenly over the bin (density = count / bin_width); cut the range into "
+                    "256 bins of width W = bin_width * (end_bin - start_bin + 1) / 256, send each value to the centre "
+                    "of its bin (clamped to the first / last), and integrate (x - centre)**2 * density: "
+                    "the integral of t**2 from a to b is (b**3 - a**3) / 3.")
+        return report(False, "", f"on {case}: your estimate is {got:.6g}, torch's is {expected:.6g} "
+                      f"({(got - expected) / expected:+.2%}).", hint)
+    return report(True, "your L2 estimate equals HistogramObserver._compute_quantization_error on whole, shrunk, "
+                  "narrow and single-bin ranges.")

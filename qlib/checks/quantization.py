@@ -103,3 +103,71 @@ def check_quantize(fn, dtype=torch.qint8) -> bool:
                           f"torch gives {int(expected[i])}.", hint)
     return report(True, f"your quantize equals torch.quantize_per_tensor(..., {dtype}) bit for bit "
                   "on ordinary values, exact ties and out-of-range values.")
+
+
+def _per_channel_cases():
+    """(label, weight, scales, zero_points, dtype): the observer's qparams on two weight shapes,
+    then exact ties, values beyond the range and non-zero zero points."""
+    from torch.ao.quantization import PerChannelMinMaxObserver
+
+    generator = torch.Generator().manual_seed(0)
+    cases = []
+    for label, weight in [("a conv weight (8, 3, 3, 3)", torch.randn(8, 3, 3, 3, generator=generator) * 0.2),
+                          ("a linear weight (10, 16)", torch.randn(10, 16, generator=generator))]:
+        observer = PerChannelMinMaxObserver(ch_axis=0, dtype=torch.qint8, qscheme=torch.per_channel_symmetric)
+        observer(weight)
+        scales, zero_points = observer.calculate_qparams()
+        cases.append((label, weight, scales, zero_points, torch.qint8))
+    scales = torch.tensor([0.25, 0.5, 0.125, 1.0])
+    ties = (torch.arange(-6, 6, dtype=torch.float32) + 0.5).repeat(4, 1) * scales[:, None]
+    cases.append(("exact ties (w / S_c = k + 0.5)", ties, scales, torch.zeros(4, dtype=torch.int64), torch.qint8))
+    wide = torch.linspace(-300, 300, 4 * 25).reshape(4, 25)
+    cases.append(("values beyond the range", wide, scales, torch.zeros(4, dtype=torch.int64), torch.qint8))
+    cases.append(("non-zero zero points (affine)", ties, scales, torch.tensor([3, -5, 0, 11]), torch.qint8))
+    return cases
+
+
+@_checker("fn: your function fn(weight, scales, zero_points), returning an integer tensor shaped like weight")
+def check_quantize_per_channel(fn) -> bool:
+    """Does fn(weight, scales, zero_points) return torch.quantize_per_channel(weight, scales,
+    zero_points, axis=0, dtype=torch.qint8).int_repr()'s integers, bit for bit?
+
+    Checked on a 4-D conv weight and a 2-D linear weight with PerChannelMinMaxObserver's qparams,
+    on exact ties, on values beyond the range and with non-zero zero points.
+    """
+    for label, weight, scales, zero_points, dtype in _per_channel_cases():
+        expected = torch.quantize_per_channel(weight, scales.double(), zero_points, 0, dtype).int_repr()
+        got = _call_learner(fn, weight.clone(), scales.clone(), zero_points.clone())
+        got = _read_quantized_integers(got, label, weight, dtype)
+        wrong = got.to(torch.int64) != expected.to(torch.int64)
+        if wrong.any():
+            index = tuple(int(i) for i in wrong.nonzero()[0])
+            channel = index[0]
+            shape = (-1,) + (1,) * (weight.dim() - 1)
+            divided = (torch.round(weight / scales.view(shape)) + zero_points.view(shape)).clamp(-128, 127)
+            if torch.equal(got.to(torch.int64), divided.to(torch.int64)):
+                return report(False, "", f"on {label}: {int(wrong.sum())} of {weight.numel()} values differ from "
+                              f"torch's; they are those of round(w / S_c), e.g. w = {weight[index].item():.6g} "
+                              f"gives {int(got[index])}, torch gives {int(expected[index])}.",
+                              "torch multiplies by the float32 inverse, w * (1 / S_c), computed once per channel; "
+                              "w / S_c can round the other way, e.g. at a channel's peak where w / S_c is about "
+                              "+-127.5.")
+            if bool(((expected[wrong] == -128) | (expected[wrong] == 127)).all()):
+                hint = ("torch saturates: clamp to [-128, 127] before converting to int8 (a symmetric scale puts a "
+                        "channel's positive peak at w / S_c = 127.5, which rounds to 128).")
+                return report(False, "", f"on {label}: {int(wrong.sum())} of {weight.numel()} values differ, all "
+                              f"where torch gives -128 or 127; e.g. w = {weight[index].item():.6g} gives "
+                              f"{int(got[index])}, torch gives {int(expected[index])}.", hint)
+            hint = {
+                "exact ties (w / S_c = k + 0.5)": "round half to even (torch.round), in float32, before adding Z_c.",
+                "values beyond the range": "clamp to [-128, 127].",
+                "non-zero zero points (affine)": "add channel c's zero point Z_c after rounding, broadcast like the "
+                                                 "scales.",
+            }.get(label, "give every output channel c its own scale: q = clamp(round(w * (1 / S_c)) + Z_c, -128, 127); "
+                         "reshape the scales to (C, 1, 1, ...) so that they broadcast along axis 0.")
+            return report(False, "", f"on {label}: {int(wrong.sum())} of {weight.numel()} values differ; e.g. at "
+                          f"{index} (channel {channel}, S_c = {scales[channel].item():.6g}, Z_c = "
+                          f"{int(zero_points[channel])}) w = {weight[index].item():.6g} gives {int(got[index])}, "
+                          f"torch gives {int(expected[index])}.", hint)
+    return report(True, "your per-channel quantize equals torch.quantize_per_channel(..., axis=0, torch.qint8) bit "
+                  "for bit on conv and linear weights, exact ties, out-of-range values and non-zero zero points.")
