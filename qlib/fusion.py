@@ -9,8 +9,9 @@ composition is one convolution with
 
 That is all `torch.ao.quantization.fuse_modules` does for Conv+BN; a following ReLU is kept as
 an activation of the same fused module (ConvReLU2d), so that the quantized kernel applies it
-while writing its output. In training mode BN normalises with each batch's own statistics, which
-no fixed weights can reproduce: folding is an eval-mode transformation only.
+while writing its output; the other slots of the group become nn.Identity placeholders. In
+training mode BN normalises with each batch's own statistics, which no fixed weights can
+reproduce: folding is an eval-mode transformation only.
 Notebook 05.
 """
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 import copy
 
 import torch
+import torch.ao.nn.intrinsic as nni
 from torch import nn
 
 from .errors import QlibError
@@ -61,11 +63,12 @@ def fold_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
 
 
 def fold_model_by_hand(model: nn.Module, groups: list[list[str]]) -> nn.Module:
-    """A copy of `model` with each [conv, bn(, relu)] group folded by `fold_bn`, like fuse_modules.
+    """A copy of `model` fused like fuse_modules(model, groups, inplace=False), with BN folded by `fold_bn`.
 
-    As fuse_modules does, the conv's slot receives the fused module (the folded conv, followed by
-    the ReLU when there is one) and the BN and ReLU slots become nn.Identity placeholders, so that
-    the model's forward() still runs unchanged.
+    The surgery fuse_modules does: the first slot of each group receives the fused module (the folded
+    Conv2d for [conv, bn]; torch.ao.nn.intrinsic's ConvReLU2d(folded conv, relu) for [conv, bn, relu];
+    LinearReLU(linear, relu) or ConvReLU2d(conv, relu) for a pair with nothing to fold), and every other
+    slot an nn.Identity placeholder, so that the model's forward() still runs unchanged.
     """
     fused = copy.deepcopy(model)
     names = dict(fused.named_modules())
@@ -75,15 +78,25 @@ def fold_model_by_hand(model: nn.Module, groups: list[list[str]]) -> nn.Module:
             raise FoldingError(f"Group {group!r} names {missing}, which {type(model).__name__} does not have as "
                                "submodules; each group is a list of names from model.named_modules(), e.g. "
                                "['features.0', 'features.1', 'features.2'].")
-        modules = [names[name] for name in group]
-        if len(modules) not in (2, 3) or (len(modules) == 3 and not isinstance(modules[2], nn.ReLU)):
-            raise FoldingError(f"Group {group} is not [conv, bn] or [conv, bn, relu].")
-        folded = fold_bn(modules[0], modules[1])
-        replacement = nn.Sequential(folded, nn.ReLU()) if len(modules) == 3 else folded
-        _set_submodule(fused, group[0], replacement)
+        _set_submodule(fused, group[0], _fused_module([names[name] for name in group], group))
         for name in group[1:]:
             _set_submodule(fused, name, nn.Identity())
     return fused
+
+
+def _fused_module(modules: list[nn.Module], group) -> nn.Module:
+    """The module fuse_modules puts in a group's first slot."""
+    kinds = tuple(type(m) for m in modules)
+    if kinds == (nn.Conv2d, nn.BatchNorm2d):
+        return fold_bn(*modules)
+    if kinds == (nn.Conv2d, nn.BatchNorm2d, nn.ReLU):
+        return nni.ConvReLU2d(fold_bn(*modules[:2]), copy.deepcopy(modules[2]))
+    if kinds == (nn.Conv2d, nn.ReLU):
+        return nni.ConvReLU2d(*copy.deepcopy(modules))
+    if kinds == (nn.Linear, nn.ReLU):
+        return nni.LinearReLU(*copy.deepcopy(modules))
+    raise FoldingError(f"Group {group} is {[k.__name__ for k in kinds]}, not one of [conv, bn], [conv, bn, relu], "
+                       "[conv, relu] or [linear, relu] (Conv2d, BatchNorm2d, ReLU, Linear).")
 
 
 def _set_submodule(root: nn.Module, path: str, module: nn.Module) -> None:

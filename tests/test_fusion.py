@@ -96,9 +96,9 @@ def test_folding_a_whole_model_by_hand_matches_fuse_model(build):
     conv_bn_groups = [g for g in model.fuse_groups() if "classifier.1" not in g]  # Linear+ReLU: not BN
     by_hand = fold_model_by_hand(model, conv_bn_groups)
     by_torch = fuse_modules(model, conv_bn_groups, inplace=False)
-    # The same Identity placeholders in the same places.
-    placeholders = lambda m: [n for n, x in m.named_modules() if isinstance(x, nn.Identity)]
-    assert placeholders(by_hand) == placeholders(by_torch) and placeholders(by_hand)
+    # The same module type at every name: the fused modules, and Identity placeholders in the same places.
+    types = lambda m: {n: type(x) for n, x in m.named_modules()}
+    assert types(by_hand) == types(by_torch) and nn.Identity in types(by_hand).values()
     x = torch.randn(4, 1, 28, 28, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         reference, ours, theirs = model(x), by_hand(x), by_torch(x)
@@ -124,3 +124,14 @@ def test_the_folding_exercise_checker(capsys):
     assert not check_folded_conv(wrong, bias, conv, bn) and "sqrt" in capsys.readouterr().out
     assert not check_folded_conv(weight, bias + bn.running_mean, conv, bn) and "running_mean" in capsys.readouterr().out
     assert not check_folded_conv(weight[:, 0], bias, conv, bn) and "reshape" in capsys.readouterr().out
+
+
+def test_fold_model_by_hand_gives_fuse_modules_tree_for_every_kind_of_group():
+    model = _randomise_bn(SeedNet())
+    by_hand = fold_model_by_hand(model, model.fuse_groups())
+    by_torch = fuse_modules(model, model.fuse_groups(), inplace=False)
+    assert {n: type(m) for n, m in by_hand.named_modules()} == {n: type(m) for n, m in by_torch.named_modules()}
+    conv_relu = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU()).eval()
+    assert isinstance(fold_model_by_hand(conv_relu, [["0", "1"]])[0], torch.ao.nn.intrinsic.ConvReLU2d)
+    with pytest.raises(FoldingError, match="not one of"):
+        fold_model_by_hand(nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2)).eval(), [["0", "1"]])
