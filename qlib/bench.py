@@ -1,22 +1,28 @@
-"""FP32 vs INT8: accuracy, size and latency, measured in one run (`python -m qlib.bench`).
+"""FP32 vs INT8: accuracy, size and latency, measured in one run (`python -m qlib.bench`), and the
+measurements that explain the latency: where the time goes (torch.profiler), what one call costs.
 
-Latency is the median of repeated timed forward passes after a warm-up, with torch's intra-op
-thread count fixed (and reported), because a CPU shared with other work gives noisy single
-timings and thread count changes the answer more than anything else. Ratios INT8/FP32 are only
-meaningful within one run on one machine, so the script measures both sides every time.
-A model converted under one quantized engine runs with that engine active (see qlib.engines).
-Notebook 07, section "FP32 vs INT8".
+`latency` times repeated forward passes after a warm-up, with torch's intra-op thread count fixed
+(and reported), because thread count changes the answer more than anything else. A CPU shared
+with other work gives noisy timings: grids are taken in interleaved rounds, so that a burst of
+load lands on no variant alone, and keep each cell's fastest pass, the least disturbed. Ratios
+INT8/FP32 are only meaningful within one run on one machine, so every run measures both sides. A
+model converted under one quantized engine runs with that engine active (see qlib.engines).
+`python -m qlib.bench` writes its tables and figures to build/bench/ (not tracked: they describe
+one machine on one day). Notebook 07, "The latency story".
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import mmap
 import os
+import re
 import statistics
 import sys
 import time
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import pandas as pd
@@ -29,7 +35,10 @@ from .errors import check_whole
 from .metrics import as_tensors, evaluate
 from .paths import REPO_ROOT
 
-RESULTS = REPO_ROOT / "benchmarks" / "results.md"
+OUTPUT_DIR = REPO_ROOT / "build" / "bench"
+
+# torch's own default intra-op thread count (its number of physical cores), read before anyone changes it.
+ALL_THREADS = torch.get_num_threads()
 
 
 @contextlib.contextmanager
@@ -79,20 +88,193 @@ def latency(model: nn.Module, batch_size: int = 1, input_shape=(1, 28, 28), warm
     return Latency(batch_size, used, repeats, statistics.median(times), min(times), max(times))
 
 
+def latency_grid(models: dict[str, nn.Module], batch_sizes=(1, 64), thread_counts=(1, None), repeats: int = 10,
+                 rounds: int = 3, warmup: int = 2, progress: bool = True) -> pd.DataFrame:
+    """Latency of every model at every batch size and thread count (None: all, torch's default).
+
+    Each round times every cell once (`warmup` untimed passes, then `repeats` timed ones), so load
+    that comes and goes is shared out. One row per (variant, threads, batch_size): latency_ms, the
+    fastest timed pass of all rounds (on a shared machine, the least disturbed one: what the model
+    costs), median_ms, the median of the fastest round, and per_image_ms (latency_ms / batch).
+    Columns: variant, engine ("-" for a float model), threads, batch_size and the three times.
+    """
+    check_whole(rounds, "rounds", 1, example=3)
+    counts = [ALL_THREADS if count is None else check_whole(count, "threads", 1) for count in thread_counts]
+    counts = list(dict.fromkeys(counts))  # one core: "1" and "all" are the same cell
+    cells = [(name, count, batch) for name in models for count in counts for batch in batch_sizes]
+    fastest = {cell: float("inf") for cell in cells}
+    median = {cell: float("inf") for cell in cells}
+    with tqdm(total=rounds * len(cells), desc="latency grid", disable=not progress, leave=False) as bar:
+        for _ in range(rounds):
+            for cell in cells:
+                name, count, batch = cell
+                measured = latency(models[name], batch, warmup=warmup, repeats=repeats, num_threads=count)
+                fastest[cell] = min(fastest[cell], measured.min_ms)
+                median[cell] = min(median[cell], measured.median_ms)
+                bar.update()
+    rows = [dict(variant=name, engine=engine_of(models[name]) or "-", threads=count, batch_size=batch,
+                 latency_ms=fastest[name, count, batch], median_ms=median[name, count, batch],
+                 per_image_ms=fastest[name, count, batch] / batch)
+            for name, count, batch in cells]
+    return pd.DataFrame(rows)
+
+
+# --- where the time goes ------------------------------------------------------------------------
+
+# Self time of each op, in categories that explain an INT8/FP32 ratio: the multiply-accumulate work
+# int8 kernels speed up, and everything around it that they do not.
+OP_CATEGORIES = (
+    ("conv / linear", ("conv", "linear", "addmm", "matmul", "aten::mm")),
+    ("quantize / dequantize", ("quantize_per_tensor", "dequantize")),
+    ("add", ("add",)),
+    ("batch norm", ("batch_norm",)),
+    ("relu / pooling", ("relu", "clamp", "pool", "mean", "max")),
+)
+
+
+def op_category(name: str) -> str:
+    """The category of a profiler op name (see OP_CATEGORIES); "other" for bookkeeping ops
+    (allocations, views, reading a scale) and anything unlisted."""
+    for category, words in OP_CATEGORIES:
+        if any(word in name for word in words):
+            return category
+    return "other"
+
+
+@contextlib.contextmanager
+def _native_stderr_silenced():
+    """Hide what C++ writes to file descriptor 2 inside the block: the profiler's start / stop
+    log lines (and a CUDA probe's complaint on machines without a GPU), which say nothing here."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def op_times(model: nn.Module, batch_size: int = 64, input_shape=(1, 28, 28), num_threads: int | None = 1,
+             repeats: int = 3, seed: int = 0) -> pd.DataFrame:
+    """Self CPU time of every op of one forward pass (torch.profiler), after a warm-up. One row per
+    op name: calls (per pass), self_ms (per pass), category. Each of `repeats` passes is profiled
+    on its own and each op keeps its fastest pass, the least disturbed by other work.
+
+    Self time excludes the ops an op calls, so the column sums to the time spent inside ops; the
+    rest of a forward pass (Python, module calls) is not in the table.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    check_whole(repeats, "repeats", 1, example=3)
+    x = torch.randn((batch_size, *input_shape), generator=torch.Generator().manual_seed(seed))
+    model.eval()
+    passes = []
+    with threads(num_threads), engine_active(engine_of(model)), torch.inference_mode():
+        model(x)
+        for _ in range(repeats):
+            with _native_stderr_silenced(), profile(activities=[ProfilerActivity.CPU]) as prof:
+                model(x)
+            passes.append({event.key: (event.count, event.self_cpu_time_total / 1e3) for event in prof.key_averages()})
+    rows = [dict(op=op, calls=calls, self_ms=min(p[op][1] for p in passes if op in p), category=op_category(op))
+            for op, (calls, _) in passes[0].items()]
+    return pd.DataFrame(rows).sort_values("self_ms", ascending=False, ignore_index=True)
+
+
+def time_shares(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """Self time per category (ms per pass), one column per profiled variant."""
+    order = [category for category, _ in OP_CATEGORIES] + ["other"]
+    return pd.DataFrame({name: table.groupby("category").self_ms.sum() for name, table in tables.items()}
+                        ).reindex(order).fillna(0.0)
+
+
+# --- what one call costs ------------------------------------------------------------------------
+
+def conv_call_us(engine: str | None, batch_size: int = 1, in_channels: int = 16, out_channels: int = 32,
+                 size: int = 1, kernel: int = 3, repeats: int = 100, rounds: int = 10, num_threads: int | None = 1,
+                 seed: int = 0) -> float:
+    """Microseconds per call of one conv layer (3x3, padding 1) on a [batch, in_channels, size, size]
+    input: the float nn.Conv2d (engine None), or a quantized conv with its weights packed for
+    `engine`, fed channels-last int8 input as it gets inside a converted model (every engine's
+    convs return channels-last). The fastest of `rounds` averages of `repeats` calls. On a 1x1
+    input the arithmetic is a few hundred multiply-adds, so the time is what a call costs whatever
+    it computes.
+    """
+    import torch.ao.nn.quantized as nnq
+
+    for name, value, low in (("batch_size", batch_size, 1), ("size", size, 1), ("repeats", repeats, 1),
+                             ("rounds", rounds, 1)):
+        check_whole(value, name, low)
+    generator = torch.Generator().manual_seed(seed)
+    weight = torch.randn(out_channels, in_channels, kernel, kernel, generator=generator) * 0.1
+    bias = torch.randn(out_channels, generator=generator)
+    x = torch.randn(batch_size, in_channels, size, size, generator=generator)
+    if engine is None:
+        layer = nn.Conv2d(in_channels, out_channels, kernel, padding=kernel // 2).eval()
+        with torch.no_grad():
+            layer.weight.copy_(weight)
+            layer.bias.copy_(bias)
+        call = lambda: layer(x)  # noqa: E731
+    else:
+        with engine_active(engine):
+            layer = nnq.Conv2d(in_channels, out_channels, kernel, padding=kernel // 2)
+            scales = weight.abs().amax((1, 2, 3)).double() / 127
+            layer.set_weight_bias(torch.quantize_per_channel(weight, scales, torch.zeros(out_channels, dtype=torch.long),
+                                                             0, torch.qint8), bias)
+            layer.scale, layer.zero_point = 0.05, 64
+        xq = torch.quantize_per_tensor(x.contiguous(memory_format=torch.channels_last), 0.03, 64, torch.quint8)
+        call = lambda: layer(xq)  # noqa: E731
+    averages = []
+    with threads(num_threads), engine_active(engine), torch.inference_mode():
+        for _ in range(min(repeats, 20)):
+            call()
+        for _ in range(rounds):
+            start = time.perf_counter()
+            for _ in range(repeats):
+                call()
+            averages.append((time.perf_counter() - start) / repeats * 1e6)
+    return min(averages)
+
+
+@lru_cache(maxsize=1)
+def qnnpack_microkernels() -> tuple[str, ...]:
+    """Names of the QNNPACK conv / gemm micro-kernels compiled into this torch (read from its
+    libtorch_cpu library): their suffix names the instruction set (sse2 on x86, neon on ARM).
+    Empty when the library is not where torch keeps it."""
+    library_dir = Path(torch.__file__).parent / "lib"
+    found: set[str] = set()
+    pattern = re.compile(rb"pytorch_q8(?:conv|gemm)_ukernel_\w+")
+    for path in sorted(library_dir.glob("libtorch_cpu*")):
+        with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            found.update(match.decode() for match in pattern.findall(data))
+    return tuple(sorted(found))
+
+
 # --- the script --------------------------------------------------------------------------------
 
-def benchmark(names=("seednet-fmnist", "resnet18-fmnist"), engines=None, calibration_images: int = 2048,
-              batch_sizes=(1, 64), num_threads: int = 1, repeats: int = 30, progress: bool = True,
-              test_images: int = 10_000) -> pd.DataFrame:
-    """One row per (checkpoint, FP32 or INT8 engine): test accuracy, size, latency.
+def _variants(name: str, engines: list[str], calibration) -> dict[str, nn.Module]:
+    """FP32 and one INT8 model per engine (each engine's default qconfig) of checkpoint `name`."""
+    from .pretrained import load
+    from .ptq import quantize_static
+
+    fp32 = load(name, quantizable=True)
+    return {"FP32": fp32, **{f"INT8 {engine}": quantize_static(fp32, calibration, engine=engine, progress=False)
+                            for engine in engines}}
+
+
+def measure(names=("seednet-fmnist", "resnet18-fmnist"), engines=None, calibration_images: int = 2048,
+            batch_sizes=(1, 64), thread_counts=(1, None), repeats: int = 30, rounds: int = 3,
+            progress: bool = True, test_images: int = 10_000) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(summary, grid): one summary row per (checkpoint, FP32 or INT8 engine) with test accuracy
+    and size; one grid row per (checkpoint, variant, threads, batch size) with its latency.
 
     Accuracy is on the full test split unless `test_images` asks for a (seeded) subset.
     """
     from .data import calibration_subset, evaluation_subset
-    from .inspection import size_bytes
     from .engines import available_engines, check_engine
-    from .pretrained import available, load, spec
-    from .ptq import quantize_static
+    from .inspection import size_bytes
+    from .pretrained import available, spec
 
     engines = [check_engine(e) for e in (engines or available_engines())]
     names = [names] if isinstance(names, str) else list(names)
@@ -100,27 +282,47 @@ def benchmark(names=("seednet-fmnist", "resnet18-fmnist"), engines=None, calibra
         spec(name)  # a misspelt name is an error, not a silent skip
     test = as_tensors(evaluation_subset(test_images))
     calibration = calibration_subset(calibration_images)
-    rows = []
+    summary, grids = [], []
     for name in names:
         if name not in available():
             print(f"skipping {name}: checkpoint not found", file=sys.stderr)
             continue
-        fp32 = load(name, quantizable=True)
-        variants = [("fp32", fp32)] + [(e, None) for e in engines]
-        for label, model in variants:
-            if model is None:
-                model = quantize_static(fp32, calibration, engine=label, progress=False)
-            row = dict(model=name, precision="FP32" if label == "fp32" else "INT8",
-                       engine="-" if label == "fp32" else label,
-                       accuracy=evaluate(model, test, progress=progress), size_bytes=size_bytes(model))
-            for batch_size in batch_sizes:
-                row[f"latency_b{batch_size}_ms"] = latency(model, batch_size, num_threads=num_threads,
-                                                           repeats=repeats).median_ms
-            rows.append(row)
+        variants = _variants(name, engines, calibration)
+        for label, model in variants.items():
+            summary.append(dict(model=name, precision=label.split()[0], engine=engine_of(model) or "-",
+                                accuracy=evaluate(model, test, progress=progress), size_bytes=size_bytes(model)))
             if progress:
-                print(f"{name:16s} {row['precision']} {row['engine']:8s} acc {row['accuracy']:.2f}%", file=sys.stderr)
-    table = pd.DataFrame(rows)
-    return add_ratios(table, batch_sizes)
+                print(f"{name:16s} {label:14s} acc {summary[-1]['accuracy']:.2f}%", file=sys.stderr)
+        grid = latency_grid(variants, batch_sizes, thread_counts, repeats=repeats, rounds=rounds, progress=progress)
+        grids.append(grid.assign(model=name))
+    grid = pd.concat(grids, ignore_index=True) if grids else pd.DataFrame()
+    if len(grid):
+        grid["precision"] = grid.variant.str.split().str[0]
+        fp32 = grid[grid.precision == "FP32"].set_index(["model", "threads", "batch_size"]).latency_ms
+        grid["ratio_to_fp32"] = grid.latency_ms.values / fp32.loc[list(zip(grid.model, grid.threads,
+                                                                         grid.batch_size))].values
+    return pd.DataFrame(summary), grid
+
+
+def benchmark(names=("seednet-fmnist", "resnet18-fmnist"), engines=None, calibration_images: int = 2048,
+              batch_sizes=(1, 64), num_threads: int = 1, repeats: int = 30, progress: bool = True,
+              test_images: int = 10_000, rounds: int = 3) -> pd.DataFrame:
+    """One row per (checkpoint, FP32 or INT8 engine): test accuracy, size, and the latency at each
+    batch size with `num_threads` threads (latency_b{batch}_ms), with ratios against FP32."""
+    summary, grid = measure(names, engines, calibration_images, batch_sizes, (num_threads,), repeats, rounds,
+                            progress, test_images)
+    return add_ratios(with_latency_columns(summary, grid, num_threads, batch_sizes), batch_sizes)
+
+
+def with_latency_columns(summary: pd.DataFrame, grid: pd.DataFrame, num_threads: int,
+                         batch_sizes=(1, 64)) -> pd.DataFrame:
+    """The summary with one latency_b{batch}_ms column per batch size, read from the grid at `num_threads`."""
+    table = summary.copy()
+    at = grid[grid.threads == num_threads].set_index(["model", "engine", "batch_size"]).latency_ms
+    for batch_size in batch_sizes:
+        table[f"latency_b{batch_size}_ms"] = [at[model, engine, batch_size]
+                                              for model, engine in zip(table.model, table.engine)]
+    return table
 
 
 def add_ratios(table: pd.DataFrame, batch_sizes=(1, 64)) -> pd.DataFrame:
@@ -136,18 +338,9 @@ def add_ratios(table: pd.DataFrame, batch_sizes=(1, 64)) -> pd.DataFrame:
     return table
 
 
-def to_markdown(table: pd.DataFrame, num_threads: int, calibration_images: int) -> str:
-    """The results table as Markdown (no extra dependency: pandas' to_markdown needs tabulate)."""
-    try:
-        from .sysinfo import cpu_name
-    except ImportError:  # pragma: no cover - sysinfo is part of the package
-        import platform
-
-        def cpu_name() -> str:
-            return platform.processor() or "unknown"
-
-    formats = {"accuracy": "{:.2f}", "accuracy_change": "{:+.2f}", "size_bytes": "{:,}",
-               "size_ratio": "{:.3f}"}
+def markdown_table(table: pd.DataFrame) -> str:
+    """A table as Markdown (no extra dependency: pandas' to_markdown needs tabulate)."""
+    formats = {"accuracy": "{:.2f}", "accuracy_change": "{:+.2f}", "size_bytes": "{:,}", "size_ratio": "{:.3f}"}
     header = list(table.columns)
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for _, row in table.iterrows():
@@ -157,39 +350,129 @@ def to_markdown(table: pd.DataFrame, num_threads: int, calibration_images: int) 
             fmt = formats.get(column, "{:.3f}" if isinstance(value, float) else "{}")
             cells.append(fmt.format(value))
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join([
-        "# FP32 vs INT8 (written by `python -m qlib.bench`)", "",
-        f"torch {torch.__version__}, CPU: {cpu_name()}, {num_threads} intra-op thread(s); "
-        f"INT8 = eager-mode static quantization with each engine's default qconfig, "
-        f"calibrated on {calibration_images} training images. Accuracy: full test split "
-        f"(10,000 images). Latency: median ms per forward pass of one batch; ratios are "
-        f"INT8/FP32 measured in the same run. Size: serialised state dict.", "",
-        *lines, ""])
+    return "\n".join(lines)
+
+
+def to_markdown(table: pd.DataFrame, num_threads: int, calibration_images: int, grid: pd.DataFrame | None = None) -> str:
+    """The results as Markdown: the summary table and, when given, the latency grid."""
+    from .sysinfo import cpu_name
+
+    text = ["# FP32 vs INT8 (written by `python -m qlib.bench`)", "",
+            f"torch {torch.__version__}, CPU: {cpu_name()}, {os.cpu_count()} logical CPU(s); INT8 = eager-mode "
+            f"static quantization with each engine's default qconfig, calibrated on {calibration_images} training "
+            f"images. Accuracy: test split. Latency: ms per forward pass of one batch with {num_threads} "
+            "intra-op thread(s), the fastest pass of interleaved rounds; ratios are INT8/FP32 measured in the same run. "
+            "Size: serialised state dict.", "", markdown_table(table), ""]
+    if grid is not None and len(grid):
+        columns = ["model", "variant", "threads", "batch_size", "latency_ms", "median_ms", "per_image_ms", "ratio_to_fp32"]
+        text += ["## Latency grid (every engine, thread count and batch size)", "", markdown_table(grid[columns]), ""]
+    return "\n".join(text)
+
+
+# --- figures ------------------------------------------------------------------------------------
+
+def plot_latency(grid: pd.DataFrame, model: str | None = None, axes=None):
+    """Bars of latency per variant: one panel per batch size, one bar per thread count (ms per batch)."""
+    import matplotlib.pyplot as plt
+
+    grid = grid if model is None or "model" not in grid else grid[grid.model == model]
+    batches, counts = sorted(grid.batch_size.unique()), sorted(grid.threads.unique())
+    variants = list(dict.fromkeys(grid.variant))
+    if axes is None:
+        _, axes = plt.subplots(1, len(batches), figsize=(4.2 * len(batches), 3.2), squeeze=False)
+        axes = axes[0]
+    width = 0.8 / len(counts)
+    for ax, batch in zip(axes, batches):
+        at = grid[grid.batch_size == batch].set_index(["variant", "threads"]).latency_ms
+        for k, count in enumerate(counts):
+            ax.bar([i + k * width for i in range(len(variants))], [at.get((v, count), float("nan")) for v in variants],
+                   width, label=f"{count} thread{'s' if count > 1 else ''}")
+        ax.set_xticks([i + width * (len(counts) - 1) / 2 for i in range(len(variants))], variants, rotation=30,
+                      ha="right", fontsize=8)
+        ax.set_ylabel("ms per batch (fastest pass)")
+        ax.set_title(f"{model + ', ' if model else ''}batch {batch}", fontsize=10)
+        ax.legend(fontsize=8)
+    plt.tight_layout()
+    return axes[0].figure
+
+
+def plot_summary(summary: pd.DataFrame, column: str, ylabel: str, title: str):
+    """One bar per (model, variant) of a summary column (size or accuracy)."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    labels = [f"{m}\n{p if e == '-' else e}" for m, p, e in zip(summary.model, summary.precision, summary.engine)]
+    ax.bar(range(len(summary)), summary[column])
+    ax.set_xticks(range(len(summary)), labels, rotation=45, ha="right", fontsize=7)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    if column == "accuracy":
+        low = float(summary[column].min())
+        ax.set_ylim(max(0.0, low - 2), min(100.0, float(summary[column].max()) + 1))
+    plt.tight_layout()
+    return fig
+
+
+def write_results(summary: pd.DataFrame, grid: pd.DataFrame, output_dir: Path, calibration_images: int,
+                  footer: str = "") -> list[Path]:
+    """results.md, results.csv, latency.csv and the figures (latency per model, size, accuracy) in output_dir."""
+    import matplotlib.pyplot as plt
+
+    output_dir.mkdir(parents=True, exist_ok=True)
+    batch_sizes = tuple(sorted(grid.batch_size.unique()))
+    table = add_ratios(with_latency_columns(summary, grid, 1 if 1 in set(grid.threads) else int(grid.threads.min()),
+                                            batch_sizes), batch_sizes)
+    written = [output_dir / "results.md", output_dir / "results.csv", output_dir / "latency.csv"]
+    written[0].write_text(to_markdown(table, 1, calibration_images, grid) + footer)
+    table.to_csv(written[1], index=False)
+    grid.to_csv(written[2], index=False)
+    for model in dict.fromkeys(grid.model):
+        figure = plot_latency(grid, model)
+        written.append(output_dir / f"latency-{model}.png")
+        figure.savefig(written[-1], dpi=120)
+        plt.close(figure)
+    for column, ylabel, title in (("size_bytes", "bytes (state dict)", "size"),
+                                  ("accuracy", "test accuracy (%)", "accuracy")):
+        figure = plot_summary(table, column, ylabel, title)
+        written.append(output_dir / f"{title}.png")
+        figure.savefig(written[-1], dpi=120)
+        plt.close(figure)
+    return written
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m qlib.bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=1, help="intra-op threads for latency (default 1)")
-    parser.add_argument("--repeats", type=int, default=30, help="timed forward passes per latency figure")
+    parser.add_argument("--threads", type=int, nargs="*", default=None,
+                        help=f"intra-op thread counts to time (default: 1 and all, here {ALL_THREADS})")
+    parser.add_argument("--repeats", type=int, default=10, help="timed forward passes per cell and round")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; each figure keeps its fastest")
     parser.add_argument("--calibration-images", type=int, default=2048)
+    parser.add_argument("--test-images", type=int, default=10_000)
+    parser.add_argument("--models", nargs="*", default=["seednet-fmnist", "resnet18-fmnist"])
     parser.add_argument("--engines", nargs="*", default=None, help="default: every available engine")
-    parser.add_argument("--output", type=Path, default=RESULTS)
+    parser.add_argument("--output-dir", type=Path, default=OUTPUT_DIR,
+                        help="where tables and figures go (default build/bench/, not tracked)")
     args = parser.parse_args(argv)
+    import matplotlib
+
+    if "matplotlib.pyplot" not in sys.modules:
+        matplotlib.use("Agg")  # files only: no window, no display needed
     from .quiet import quiet_deprecations
 
     quiet_deprecations()
     start = time.perf_counter()
-    table = benchmark(engines=args.engines, calibration_images=args.calibration_images,
-                      num_threads=args.threads, repeats=args.repeats)
-    text = to_markdown(table, args.threads, args.calibration_images)
-    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    text += (f"\nWhole run: {time.perf_counter() - start:.0f} s. System load average at the end "
-             f"(1, 5, 15 min): {load} on {os.cpu_count()} CPUs; other processes competing for the "
-             "cores make single timings noisy, so compare ratios from one run.\n")
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(text)
-    print(text)
-    print(f"written to {args.output}")
+    summary, grid = measure(args.models, args.engines, args.calibration_images, (1, 64),
+                            tuple(args.threads) if args.threads else (1, None), args.repeats, args.rounds,
+                            progress=True, test_images=args.test_images)
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "unknown"
+    footer = (f"\nWhole run: {time.perf_counter() - start:.0f} s. System load average at the end "
+              f"(1, 5, 15 min): {load} on {os.cpu_count()} CPUs; other processes competing for the "
+              "cores make single timings noisy, so compare ratios from one run.\n")
+    written = write_results(summary, grid, args.output_dir, args.calibration_images, footer)
+    print(written[0].read_text())
+    print(f"tables and figures written to {args.output_dir}:")
+    for path in written:
+        print(f"  {path.name}")
     return 0
 
 

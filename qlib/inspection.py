@@ -3,8 +3,10 @@
 A converted module stores the scale and zero point of its OUTPUT (`model.features[0].scale`, as
 the forum answer says); its input's are those of whatever produced the input, which the module
 itself does not know. `qparams_table` therefore runs one sample through the model with hooks and
-records the qparams of the tensors each module actually receives and returns.
-Notebook 07 (the forum's second question).
+records the qparams of the tensors each module actually receives and returns. `parse_printout`
+reads a printed model (the forum's) into the same terms, the weights' qscheme of its Linear lines
+included; `requantizations` lists the modules that round their result back to int8 (what fusion
+saves). Notebook 07 (the forum's printout and its second question).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 import pandas as pd
 import torch
 from torch import nn
+from torch.ao.nn.quantized import Quantize
 
 from .engines import engine_active, engine_of
 from .errors import BadInputError, QlibError, kind_of
@@ -163,13 +166,16 @@ def size_bytes(model: nn.Module) -> int:
 
 _LINE = re.compile(r"^(?P<indent>\s*)\((?P<key>[^)]+)\): (?P<type>\w+)\((?P<args>.*)$")
 _NUMBER = r"(?:tensor\(\[)?([-+0-9.eE]+)"
+_QSCHEME = r"\bqscheme=(?:torch\.)?(\w+)"
 
 
 def parse_printout(text: str) -> pd.DataFrame:
     """The modules of a printed model (`print(model)`, e.g. pasted from a forum) as a table.
 
     One row per `(name): Type(...)` line: its dotted path (from the indentation: two spaces per
-    level, as torch prints), type, and the scale / zero point written on the line, if any.
+    level, as torch prints), type, the scale / zero point written on the line, if any, and the
+    qscheme a quantized Linear prints (its WEIGHT's scheme: per_tensor_affine or per_channel_affine,
+    the one clue a printout gives to the qconfig's weight observer; convs print none).
     """
     rows, stack = [], []
     for line in text.splitlines():
@@ -183,9 +189,26 @@ def parse_printout(text: str) -> pd.DataFrame:
         stack = stack[:depth] + [match["key"]]
         scale = re.search(r"\bscale=" + _NUMBER, match["args"])
         zero_point = re.search(r"\bzero_point=" + _NUMBER, match["args"])
+        qscheme = re.search(_QSCHEME, match["args"])
         rows.append(dict(module=".".join(stack), type=match["type"],
                          scale=float(scale[1]) if scale else None,
-                         zero_point=int(float(zero_point[1])) if zero_point else None))
-    table = pd.DataFrame(rows, columns=["module", "type", "scale", "zero_point"]).set_index("module")
+                         zero_point=int(float(zero_point[1])) if zero_point else None,
+                         qscheme=qscheme[1] if qscheme else None))
+    table = pd.DataFrame(rows, columns=["module", "type", "scale", "zero_point", "qscheme"]).set_index("module")
     table["zero_point"] = table["zero_point"].astype("Int64")
     return table
+
+
+def requantizations(qmodel: nn.Module) -> dict[str, str]:
+    """{path: type} of the modules that REQUANTIZE: they compute a new value (an int32 sum, or a
+    float sum for an add), then round it to int8 with their own stored output scale and zero point.
+
+    That is every quantized module with a stored scale / zero point except Quantize (which
+    quantizes a float input: a first quantization, not a re-). Quantized ReLU, Dropout, pooling,
+    flatten and DeQuantize keep the qparams of what they receive, so they are not counted; an
+    unfused BatchNorm2d is (it requantizes, which fusion saves). Notebook 07, "fusion or not".
+    """
+    check_converted(qmodel, "requantizations")
+    return {name: module._get_name() for name, module in qmodel.named_modules()
+            if is_quantized_module(module) and not isinstance(module, Quantize)
+            and _stored_output_qparams(module) is not None}

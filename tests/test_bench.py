@@ -81,16 +81,78 @@ def test_ratios_are_against_the_same_models_fp32_row():
     assert text.count("\n| a |") == 2 and "| 0.250 |" in text and "-0.50" in text
 
 
-def test_the_script_writes_its_table(tmp_path, monkeypatch):
-    real = bench.benchmark
-    monkeypatch.setattr(bench, "benchmark", lambda **kw: real(
-        names=("seednet-fmnist",), engines=["qnnpack"], calibration_images=128, batch_sizes=(1, 64),
-        num_threads=kw["num_threads"], repeats=kw["repeats"], progress=False))
-    output = tmp_path / "results.md"
-    assert bench.main(["--output", str(output), "--repeats", "2", "--threads", "1"]) == 0
-    text = output.read_text()
-    rows = [line for line in text.splitlines() if line.startswith("| seednet-fmnist")]
-    assert len(rows) == 2 and "| FP32 |" in rows[0] and "| qnnpack |" in rows[1]
-    fp32_accuracy = float(rows[0].split("|")[4])
+def test_the_script_writes_tables_and_figures_to_an_untracked_folder(tmp_path, monkeypatch, capsys):
+    real = bench.measure
+    monkeypatch.setattr(bench, "measure", lambda *args, **kw: real(
+        ("seednet-fmnist",), ["qnnpack"], 128, (1, 64), (1, 2), repeats=2, rounds=1, progress=False, test_images=10_000))
+    output = tmp_path / "bench"
+    assert bench.main(["--output-dir", str(output)]) == 0
+    text = (output / "results.md").read_text()
+    assert "## Latency grid" in text
+    summary = [line for line in text.split("## Latency grid")[0].splitlines() if line.startswith("| seednet-fmnist")]
+    assert len(summary) == 2 and "| FP32 |" in summary[0] and "| qnnpack |" in summary[1]
+    fp32_accuracy = float(summary[0].split("|")[4])
     assert abs(fp32_accuracy - pretrained.read_manifest()["seednet-fmnist"]["test_accuracy"]) < 0.02
-    assert "1 intra-op thread" in text
+    grid = pd.read_csv(output / "latency.csv")
+    assert sorted(set(zip(grid.variant, grid.threads, grid.batch_size))) == sorted(
+        (v, t, b) for v in ("FP32", "INT8 qnnpack") for t in (1, 2) for b in (1, 64))
+    assert (grid[grid.variant == "FP32"].ratio_to_fp32 == 1).all()
+    for name in ("latency-seednet-fmnist.png", "size.png", "accuracy.png", "results.csv"):
+        assert (output / name).stat().st_size > 0
+    assert f"written to {output}" in capsys.readouterr().out
+    # the default folder is build/bench, which git ignores
+    assert bench.OUTPUT_DIR.relative_to(bench.REPO_ROOT).parts[:2] == ("build", "bench")
+
+
+def test_the_default_output_folder_is_ignored_by_git():
+    import subprocess
+
+    probe = bench.OUTPUT_DIR / "results.md"
+    result = subprocess.run(["git", "check-ignore", "-q", str(probe)], cwd=bench.REPO_ROOT)
+    if result.returncode == 128:
+        pytest.skip("not a git checkout")
+    assert result.returncode == 0
+
+
+def test_latency_grid_interleaves_every_cell_and_keeps_its_fastest_round():
+    models = {"a": nn.Sequential(nn.Flatten(), nn.Linear(784, 10)), "b": nn.Sequential(nn.Flatten(), nn.Linear(784, 3))}
+    grid = bench.latency_grid(models, batch_sizes=(1, 4), thread_counts=(1, 1), repeats=2, rounds=2, progress=False)
+    assert len(grid) == 4 and set(grid.threads) == {1}           # a repeated thread count is one cell
+    assert (grid.latency_ms > 0).all() and (grid.per_image_ms == grid.latency_ms / grid.batch_size).all()
+    assert set(grid.engine) == {"-"}
+    with pytest.raises(ValueError):
+        bench.latency_grid(models, rounds=0, progress=False)
+
+
+def test_op_categories_sort_float_and_int8_ops():
+    assert bench.op_category("quantized::conv2d_relu") == bench.op_category("aten::mkldnn_convolution") == "conv / linear"
+    assert bench.op_category("quantized::linear") == bench.op_category("aten::addmm") == "conv / linear"
+    assert bench.op_category("aten::quantize_per_tensor") == bench.op_category("aten::dequantize") == "quantize / dequantize"
+    assert bench.op_category("quantized::add_relu") == bench.op_category("aten::add") == "add"
+    assert bench.op_category("quantized::batch_norm2d") == "batch norm"
+    assert bench.op_category("aten::_empty_affine_quantized") == "other"
+
+
+def test_op_times_counts_each_op_once_per_pass():
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 26 * 26, 10))
+    ops = bench.op_times(model, batch_size=2, repeats=3)
+    assert ops.loc[ops.op == "aten::conv2d", "calls"].item() == 1 and ops.loc[ops.op == "aten::linear", "calls"].item() == 1
+    shares = bench.time_shares({"float": ops})
+    assert shares.loc["conv / linear", "float"] > 0 and abs(shares["float"].sum() - ops.self_ms.sum()) < 1e-9
+
+
+def test_conv_call_us_times_float_and_each_engines_conv():
+    assert bench.conv_call_us(None, repeats=3, rounds=1) > 0
+    for engine in engines.available_engines():
+        assert bench.conv_call_us(engine, repeats=3, rounds=1, batch_size=2, size=4) > 0
+    with pytest.raises(ValueError):
+        bench.conv_call_us(None, size=0)
+
+
+def test_qnnpack_microkernels_name_their_instruction_set():
+    import platform
+
+    kernels = bench.qnnpack_microkernels()
+    if "qnnpack" in engines.available_engines() and platform.machine() in ("x86_64", "AMD64"):
+        assert kernels and all(name.startswith(("pytorch_q8conv", "pytorch_q8gemm")) for name in kernels)
+        assert all("sse2" in name for name in kernels)

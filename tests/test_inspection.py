@@ -123,19 +123,6 @@ def test_seednet_int8_weights_take_exactly_a_quarter_of_the_bytes(seednet_pair):
     assert size_bytes(quantized) < 0.35 * size_bytes(model)
 
 
-def test_the_qparams_exercise_checker(seednet_pair, capsys):
-    from qlib.checks import check_layer_qparams
-
-    _, quantized = seednet_pair
-    layer = quantized.classifier[4]
-    assert check_layer_qparams(layer.scale, layer.zero_point, quantized, "classifier.4")
-    assert "Correct!" in capsys.readouterr().out
-    assert not check_layer_qparams(quantized.features[0].scale, layer.zero_point, quantized, "classifier.4")
-    assert "classifier.4.scale" in capsys.readouterr().out
-    assert not check_layer_qparams(layer.scale, layer.zero_point + 1, quantized, "classifier.4")
-    assert "classifier.4.zero_point" in capsys.readouterr().out
-
-
 FORUM_PRINTOUT = """
   (quant): Quantize(scale=tensor([0.0256]), zero_point=tensor([17]), dtype=torch.quint8)
   (dequant): DeQuantize()
@@ -156,6 +143,9 @@ def test_parse_printout_reads_the_forum_lines():
     assert table.loc["features.0", "type"] == "QuantizedConvReLU2d" and table.loc["features.0", "zero_point"] == 0
     assert table.loc["classifier.4", "scale"] == 5.715658187866211 and table.loc["classifier.4", "zero_point"] == 114
     assert pd.isna(table.loc["features.1", "scale"])
+    # the qscheme a quantized Linear prints is its weight's; convs and the stub print none
+    assert table.loc["classifier.4", "qscheme"] == "per_tensor_affine"
+    assert table.qscheme.isna().sum() == len(table) - 1
 
 
 def test_parse_printout_round_trips_our_own_printout(resnet_pair):
@@ -168,5 +158,46 @@ def test_parse_printout_round_trips_our_own_printout(resnet_pair):
         assert row.type == module._get_name(), name
         if isinstance(getattr(module, "scale", None), float):
             assert abs(row.scale - module.scale) <= 1e-6 * module.scale and row.zero_point == module.zero_point
+        if type(module).__name__ == "Linear" and row.type == "QuantizedLinear":
+            assert row.qscheme == str(module.weight().qscheme()).replace("torch.", "")
     # every module is printed, except the Linear's internal _packed_params
     assert len(table) == sum(1 for name, _ in quantized.named_modules() if name and "_packed_params" not in name)
+
+
+def test_parse_printout_keeps_the_weights_qscheme_of_each_linear(seednet_pair):
+    from qlib.inspection import parse_printout
+
+    model, per_channel = seednet_pair
+    qconfig = QConfig(activation=MinMaxObserver.with_args(reduce_range=True), weight=default_weight_observer)
+    per_tensor = ptq.quantize_static(model, calibration_subset(64), qconfig=qconfig, progress=False)
+    for quantized, scheme in ((per_channel, "per_channel_affine"), (per_tensor, "per_tensor_affine")):
+        table = parse_printout(str(quantized))
+        assert table.qscheme.dropna().to_dict() == {"classifier.1": scheme, "classifier.4": scheme}
+        assert str(quantized.classifier[1].weight().qscheme()) == f"torch.{scheme}"
+
+
+def test_requantizations_are_the_modules_that_round_to_their_own_qparams(seednet_pair):
+    from qlib.inspection import requantizations
+
+    model, fused = seednet_pair
+    assert requantizations(fused) == {
+        "features.0": "QuantizedConvReLU2d", "features.3": "QuantizedConvReLU2d", "features.6": "QuantizedConvReLU2d",
+        "features.9": "QuantizedConvReLU2d", "classifier.1": "QuantizedLinearReLU", "classifier.4": "QuantizedLinear"}
+    prepared = ptq.prepare_static(model, fuse=False)
+    ptq.calibrate(prepared, calibration_subset(64), progress=False)
+    unfused = requantizations(ptq.convert_static(prepared))
+    # every conv and every BatchNorm requantizes; ReLU and Dropout keep their input's qparams
+    assert list(unfused.values()).count("QuantizedConv2d") == 4 and list(unfused.values()).count("QuantizedBatchNorm2d") == 4
+    assert len(unfused) == 10 and "features.2" not in unfused and "classifier.0" not in unfused
+
+
+def test_requantizations_count_the_profilers_quantized_ops(resnet_pair):
+    """Each requantizing module runs one quantized:: op per call (conv, linear, add_relu ...)."""
+    from qlib import bench
+    from qlib.inspection import requantizations
+
+    _, quantized = resnet_pair
+    ops = bench.op_times(quantized, batch_size=2, repeats=1)
+    assert ops[ops.op.str.startswith("quantized::")].calls.sum() == len(requantizations(quantized))
+    with pytest.raises(Exception, match="requantizations"):
+        requantizations(nn.Linear(2, 2))
