@@ -195,3 +195,13 @@ def test_check_per_channel_qparams_reference_and_mistakes(capsys):
     accepted(capsys, checks.check_per_channel_qparams(scales, torch.zeros(8, dtype=torch.int64), WEIGHT))
     refused(capsys, checks.check_per_channel_qparams(peak / 127, torch.zeros(8), WEIGHT), "scales differ", "127.5")
     refused(capsys, checks.check_per_channel_qparams(scales.max().repeat(8), torch.zeros(8), WEIGHT), "scales differ")
+
+
+def test_check_quantize_refuses_dividing_by_the_scale_which_rounds_apart_from_torch_near_ties(capsys):
+    from qlib import checks
+
+    def divides(x, scale, zero_point):
+        return (torch.round(x / scale) + zero_point).clamp(-128, 127).to(torch.int8)
+
+    assert checks.check_quantize(divides, torch.qint8) is False
+    assert "near-ties" in capsys.readouterr().out

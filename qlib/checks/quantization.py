@@ -59,7 +59,16 @@ def _quantize_cases(dtype):
         ("exact ties (x / S = k + 0.5)", (torch.arange(-20, 20) + 0.5) * 0.25, 0.25, 1 if qmin == 0 else -3),
         ("values beyond the range", torch.linspace(-1000, 1000, 101), scale, middle),
         ("zero point at the bottom of the range", torch.randn(100), 0.01, qmin),
+        ("near-ties, where x / S and x * (1 / S) round apart", _near_ties(0.02), 0.02, middle),
     ]
+
+
+def _near_ties(scale: float) -> torch.Tensor:
+    """float32 neighbours of (k + 0.5) * S: dividing by S rounds some of them to the other
+    integer than torch's multiply by 1 / S does (e.g. x = 1.4699999 at S = 0.02: 74 vs 73)."""
+    ties = (torch.arange(-100, 100, dtype=torch.float32) + 0.5) * scale
+    below, above = torch.nextafter(ties, ties - 1), torch.nextafter(ties, ties + 1)
+    return torch.cat([ties, below, above])
 
 
 def _read_quantized_integers(got, label: str, x: torch.Tensor, dtype) -> torch.Tensor:
@@ -96,6 +105,8 @@ def check_quantize(fn, dtype=torch.qint8) -> bool:
             hint = {
                 "exact ties (x / S = k + 0.5)": "round x / S half to even (torch.round) and add the zero "
                                                 "point after rounding, not before.",
+                "near-ties, where x / S and x * (1 / S) round apart": "torch multiplies by the float32 "
+                    "inverse 1 / S instead of dividing by S; the two round apart on a few values.",
                 "values beyond the range": f"clamp to [{qmath.QRANGES[dtype][0]}, {qmath.QRANGES[dtype][1]}].",
             }.get(label, "q = clamp(round(x * (1 / S)) + Z, qmin, qmax), computed in float32.")
             return report(False, "", f"on {label}: {int(wrong.sum())} of {x.numel()} values differ; e.g. "
