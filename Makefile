@@ -10,12 +10,14 @@ PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.qlib-installed
 PIP     := $(PY) -m pip --disable-pip-version-check
 
-.PHONY: help setup data lab test bench train clean
+.PHONY: help setup data browser lab test test-qnnpack site bench train clean student
 
 help:
 	@echo "make lab    set up (venv, pinned packages, qlib, data) and start JupyterLab"
 	@echo "make test   set up and run the whole test suite (QLIB_SMOKE=1 shrinks notebook work)"
-	@echo "make bench  FP32 vs INT8 benchmark table"
+	@echo "make site   the HTML edition: every notebook executed at full size, into site/ (15-20 minutes)"
+	@echo "make bench  FP32 vs INT8 accuracy, size and latency per engine: table and figures in build/bench/"
+	@echo "make student  write the student copies (solutions stubbed) to student/"
 	@echo "make train  retrain the committed checkpoints (about 30 minutes on 2 cores)"
 
 setup: $(STAMP) data
@@ -41,9 +43,28 @@ lab: setup
 	@echo "==> starting JupyterLab on notebooks/ (Ctrl-C to stop)"
 	$(VENV)/bin/jupyter lab --notebook-dir=notebooks $(ROOT_ARGS) $(LAB_ARGS)
 
-test: setup
+# Debian's chromium for the browser tests (tests/test_browser.py); apt-get where it is missing.
+browser:
+	@bash scripts/ensure-browser.sh
+
+test: setup browser
 	@echo "==> running the test suite: unit tests, then every notebook under nbval (QLIB_SMOKE=1)"
 	QLIB_SMOKE=1 $(PY) -m pytest
+
+# The notebooks and the pipeline again, as on a machine without the x86 engine (Apple Silicon, ARM):
+# the course engine becomes qnnpack (qlib.engines.course_engine). CI runs it after make test.
+test-qnnpack: setup
+	@echo "==> the notebooks and the PTQ / QAT pipeline under QLIB_ENGINE=qnnpack"
+	QLIB_ENGINE=qnnpack QLIB_SMOKE=1 $(PY) -m pytest notebooks tests/test_ptq.py tests/test_qat.py tests/test_bad_input_pipeline.py
+
+# Student copies: each solution replaced by nbgrader's stub, nbgrader metadata, outputs stripped.
+# Refuses to overwrite a copy a learner changed: make student STUDENT_ARGS=--force replaces it.
+student: $(STAMP)
+	$(PY) -m qlib.student --out student $(STUDENT_ARGS)
+
+# The HTML edition: make site SITE_ARGS="--smoke 01" builds one page at smoke size.
+site: setup
+	$(PY) -m qlib.site $(SITE_ARGS)
 
 bench: setup
 	$(PY) -m qlib.bench

@@ -95,3 +95,21 @@ def test_every_notebook_reference_names_a_notebook_that_exists():
 def test_the_readme_does_not_call_an_existing_notebook_planned():
     readme = (REPO_ROOT / "README.md").read_text()
     assert not re.search(r"\bplanned\b", readme, re.I), "the README still calls something planned"
+
+
+def test_the_readme_learners_map_agrees_with_each_notebooks_own_map():
+    from qlib import student
+
+    readme = (REPO_ROOT / "README.md").read_text()
+    rows = {n: (t, e) for n, t, e in re.findall(r"^\| (\d\d) \| [^|]+ \| ([^|]+) \| ([^|]+) \|$", readme, re.M)}
+    parsed = student.validate_course()
+    for path in NOTEBOOKS:
+        opening = "".join(json.loads(path.read_text())["cells"][1]["source"])
+        time = re.search(r"\*\*Time:\*\*\s*(.*)", opening)
+        assert time, f"{path.name}: its second cell gives no **Time:** estimate"
+        exercises = parsed[path.name].exercises
+        listed = f"{len(exercises)} ({parsed[path.name].max_points})" if exercises else "none"
+        number = path.name[:2]
+        assert number in rows, f"the README's learner's map has no row for {path.name}"
+        assert re.sub(r"\s+", " ", time.group(1)).strip().rstrip(".") == rows[number][0].strip()
+        assert rows[number][1].strip() == listed, f"{path.name}: README says {rows[number][1]!r}, notebook has {listed}"
