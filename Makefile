@@ -15,7 +15,7 @@ PIP     := $(PY) -m pip --disable-pip-version-check
 help:
 	@echo "make lab    set up (venv, pinned packages, qlib, data) and start JupyterLab"
 	@echo "make test   set up and run the whole test suite (QLIB_SMOKE=1 shrinks notebook work)"
-	@echo "make site   the HTML edition: every notebook executed at full size, into site/ (15-20 minutes)"
+	@echo "make site   the HTML edition: every notebook executed at full size, into site/ (45 minutes on a busy 2-core machine)"
 	@echo "make bench  FP32 vs INT8 accuracy, size and latency per engine: table and figures in build/bench/"
 	@echo "make student  write the student copies (solutions stubbed) to student/"
 	@echo "make train  retrain the committed checkpoints (about 30 minutes on 2 cores)"
