@@ -63,13 +63,18 @@ def _pipeline(model, images, qconfig, engine, whose: str):
 
 
 @_checker("model: your fused float model (an nn.Module) with the layer in a float island")
-def check_float_island(model, layer: str, float_model, images, qconfig=None, engine: str = "x86") -> bool:
+def check_float_island(model, layer: str, float_model, images, qconfig=None, engine: str | None = None) -> bool:
     """Does `model` (fused, with `layer` wrapped by the learner) convert into an int8 model that
     keeps exactly `layer` in float and computes, bit for bit, what qlib.sensitivity.keep_in_float's
-    island computes, both calibrated on `images` with `qconfig`?
+    island computes, both calibrated on `images` with `qconfig`, under `engine` (None: the course's)?
     """
-    from ..engines import engine_active
+    from ..engines import engine_active, resolve_engine
     from ..sensitivity import fused_float, keep_in_float
+
+    try:
+        engine = resolve_engine(engine)
+    except Exception as error:
+        raise _NotYet(str(error), "pass engines.course_engine(), the engine the notebook converts under.") from None
 
     if not isinstance(model, torch.nn.Module):
         raise _NotYet(f"model is {_describe(model)}; expected your float model with the island (an nn.Module).")
