@@ -55,7 +55,7 @@ test: setup browser
 # the course engine becomes qnnpack (qlib.engines.course_engine). CI runs it after make test.
 test-qnnpack: setup
 	@echo "==> the notebooks and the PTQ / QAT pipeline under QLIB_ENGINE=qnnpack"
-	QLIB_ENGINE=qnnpack QLIB_SMOKE=1 $(PY) -m pytest notebooks tests/test_ptq.py tests/test_qat.py tests/test_bad_input_pipeline.py
+	QLIB_ENGINE=qnnpack QLIB_SMOKE=1 $(PY) -m pytest notebooks tests/test_ptq.py tests/test_qat.py tests/test_bad_input_pipeline.py tests/test_inspection.py
 
 # Student copies: each solution replaced by nbgrader's stub, nbgrader metadata, outputs stripped.
 # Refuses to overwrite a copy a learner changed: make student STUDENT_ARGS=--force replaces it.

@@ -16,8 +16,16 @@ RESNET_KWARGS = dict(num_classes=10, in_channels=1, width=16, small_input=True)
 
 @pytest.fixture(scope="module")
 def seednet_pair():
+    """SeedNet and its int8 model with per-channel weights (x86's default; set explicitly, so that
+    the tests read the same structure under every course engine)."""
+    from torch.ao.quantization import default_per_channel_weight_observer, get_default_qconfig
+
+    from qlib import engines
+
     model = pretrained.load("seednet-fmnist")
-    return model, ptq.quantize_static(model, calibration_subset(256), progress=False)
+    per_channel = QConfig(activation=get_default_qconfig(engines.course_engine()).activation,
+                          weight=default_per_channel_weight_observer)
+    return model, ptq.quantize_static(model, calibration_subset(256), qconfig=per_channel, progress=False)
 
 
 @pytest.fixture(scope="module")
