@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import platform
 from typing import Iterator
 
 import torch
@@ -17,9 +18,18 @@ from torch import nn
 from .errors import check_choice
 
 
+X86_64 = ("x86_64", "amd64")
+
+
+def on_x86_64() -> bool:
+    return platform.machine().lower() in X86_64
+
+
 def available_engines() -> list[str]:
-    """The quantized engines this torch build can run (without the placeholder 'none')."""
-    return [e for e in torch.backends.quantized.supported_engines if e != "none"]
+    """The quantized engines this torch build can run: without the placeholder 'none', and
+    without fbgemm off x86-64 (Linux ARM64 torch lists it, then fails with "unknown architecure")."""
+    return [e for e in torch.backends.quantized.supported_engines
+            if e != "none" and (e != "fbgemm" or on_x86_64())]
 
 
 def check_engine(engine: str) -> str:
@@ -28,8 +38,11 @@ def check_engine(engine: str) -> str:
                         "kernel could run the model")
 
 
-# The engine the course quantizes for when a notebook does not study engines: x86 where this torch
-# build has it (every x86-64 CPU), else qnnpack (Apple Silicon, ARM). QLIB_ENGINE overrides both.
+# The engine the course quantizes for when a notebook does not study engines: x86 on x86-64 CPUs,
+# qnnpack elsewhere (Apple Silicon, ARM Linux). Linux ARM64 torch also offers x86 and onednn (and
+# makes x86 its default), but there they run oneDNN's ARM kernels, whose arithmetic the course's
+# interpreter does not reproduce (data/kernel-recordings/arm64: replayed, not exact); QNNPACK's
+# ARM kernels it reproduces bit for bit. QLIB_ENGINE overrides both.
 PREFERRED_ENGINES = ("x86", "qnnpack")
 ENGINE_VARIABLE = "QLIB_ENGINE"
 
@@ -42,7 +55,7 @@ def course_engine() -> str:
     if chosen is not None:
         return check_choice(chosen, f"${ENGINE_VARIABLE}", available_engines(),
                             "a quantized engine this torch build has; unset it to let qlib choose")
-    for engine in PREFERRED_ENGINES:
+    for engine in PREFERRED_ENGINES if on_x86_64() else PREFERRED_ENGINES[1:]:
         if engine in available_engines():
             return engine
     return check_choice(PREFERRED_ENGINES[-1], "the course's engine", available_engines(),

@@ -15,7 +15,7 @@ LIVE = int8.CpuProfile.detect()
 # mismatch counts, as expected failures: nothing says the interpreter knows that CPU's kernels.
 live_exact = pytest.mark.xfail(
     not int8.checked_here(LIVE), strict=False,
-    reason=f"CPU kind {LIVE.kind!r} has no recording in tests/data/kernel-recordings: the interpreter "
+    reason=f"CPU kind {LIVE.kind!r} has no recording in data/kernel-recordings: the interpreter "
            "follows kernels it was never checked against here (record it: python -m qlib.int8.record DIR)")
 
 # (engine converted under, qconfig of which engine); onednn+x86 = oneDNN kernels, 7-bit activations.

@@ -1,6 +1,6 @@
 """What PyTorch computed on other CPUs, replayed by the interpreter with those CPUs' profiles.
 
-tests/data/kernel-recordings/<cpu-kind>/ holds compact recordings (qlib.int8.record, then
+data/kernel-recordings/<cpu-kind>/ holds compact recordings (qlib.int8.record, then
 qlib.int8.compact); each folder's manifest.json says where and how it was recorded. Every file
 is replayed on every machine: this is how the suite checks CPU kinds it does not run on.
 """
@@ -52,7 +52,7 @@ def test_int16_saturation_is_what_makes_non_vnni_onednn_exact():
     """oneDNN without VNNI clips pairs of products to int16 (8-bit activations, onednn's own qconfig):
     exact int32 sums are not what the kernel computed; the emulated pairs are."""
     if "avx2" not in recordings.recorded_kinds():
-        pytest.fail("the AVX2 recording is missing from tests/data/kernel-recordings")
+        pytest.fail("the AVX2 recording is missing from data/kernel-recordings")
     rec = _seednet_onednn("avx2")
     profile = recordings.profile_of(rec["cpu"])
     assert profile.onednn_int16_pairs

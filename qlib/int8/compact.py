@@ -1,4 +1,4 @@
-"""The compact form of a recording: what the course keeps in tests/data, small enough for git.
+"""The compact form of a recording: what the course keeps in data/kernel-recordings, small enough for git.
 
     python -m qlib.int8.compact SRC DST [--images N]
 
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from .recordings import SAMPLE_STRIDE, RecordingError, load, recording_files, save, sha256, write_manifest
+from .recordings import HOW_RECORDED, SAMPLE_STRIDE, RecordingError, load, recording_files, save, sha256, write_manifest
 
 LONG = 4096
 
@@ -84,14 +84,14 @@ def compact(rec: dict, images: int = 500) -> dict:
     raise RecordingError("not a model, layers or adds recording: compact only knows the formats that python -m qlib.int8.record writes")
 
 
-def compact_folder(src: Path, dst: Path, images: int = 500, note: str = "") -> None:
+def compact_folder(src: Path, dst: Path, images: int = 500, note: str = "", recorded: str = "real") -> None:
     dst = Path(dst)
     dst.mkdir(parents=True, exist_ok=True)
     for path in recording_files(src):
         name = path.name[:-3] if path.name.endswith(".xz") else path.name
         save(compact(load(path), images), dst / f"{name}.xz")
         print(f"{name}.xz: {(dst / f'{name}.xz').stat().st_size:,} bytes", flush=True)
-    write_manifest(dst, note)
+    write_manifest(dst, note, recorded)
 
 
 def main(argv=None) -> int:
@@ -100,8 +100,11 @@ def main(argv=None) -> int:
     parser.add_argument("dst", type=Path)
     parser.add_argument("--images", type=int, default=500, help="test-split outputs kept per model")
     parser.add_argument("--note", default="", help="a line for the manifest (where and how recorded)")
+    parser.add_argument("--recorded", choices=HOW_RECORDED, default="real",
+                        help="real: on the CPU itself; emulated: libraries capped by environment variables; "
+                             "qemu: another architecture's PyTorch build under QEMU")
     args = parser.parse_args(argv)
-    compact_folder(args.src, args.dst, args.images, args.note)
+    compact_folder(args.src, args.dst, args.images, args.note, args.recorded)
     return 0
 
 

@@ -158,7 +158,7 @@ def _check_trace(layer, q_in, in_scale, in_zp, index) -> tuple[int, ...]:
 
 def checked_here(cpu: CpuProfile | None = None) -> bool:
     """Has the course checked the interpreter against PyTorch on this CPU kind (a recording of it
-    in tests/data/kernel-recordings, replayed by the test suite)?"""
+    in data/kernel-recordings, replayed by the test suite)?"""
     from .recordings import recorded_kinds
 
     return (cpu or CpuProfile.detect()).kind in recorded_kinds()

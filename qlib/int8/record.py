@@ -1,6 +1,6 @@
 """Record what PyTorch's int8 kernels compute on this CPU, for replay on any other machine.
 
-    python -m qlib.int8.record DIR [--search N] [--compact]
+    python -m qlib.int8.record DIR [--quick] [--search N] [--compact DIR]
 
 Writes, for every engine this torch has (the format: qlib.int8.recordings):
 - model-<checkpoint>-<qconfig>.pt: both course checkpoints converted under each engine's default
@@ -10,9 +10,10 @@ Writes, for every engine this torch has (the format: qlib.int8.recordings):
 - add-<engine>.pt: quantized add / add_relu of 12 sizes, both memory layouts, 1 and 2 threads.
 A test image is "telling" when the interpreter, computing as another CPU kind (int8.cpu.KINDS),
 gets some op's output wrong on it: these are the images on which CPU kinds differ. `--compact`
-writes the compact form (*.pt.xz, a manifest) that the course keeps in tests/data. Runs in a few
-minutes; the environment caps ATEN_CPU_CAPABILITY, FBGEMM_ENABLE_INSTRUCTIONS and
-ONEDNN_MAX_CPU_ISA record what another CPU kind's libraries compute (the "cpu" entry says so).
+writes the compact form (*.pt.xz, a manifest) that the course keeps in data/kernel-recordings.
+The full run takes an hour or more on a 2-core laptop (the search); `--quick` about a minute.
+The environment caps ATEN_CPU_CAPABILITY, FBGEMM_ENABLE_INSTRUCTIONS and ONEDNN_MAX_CPU_ISA
+record what another CPU kind's libraries compute (the "cpu" entry says so).
 Notebook 08, section 8.
 """
 
@@ -50,9 +51,9 @@ def this_cpu() -> dict:
 
 def plans() -> list[tuple[str, str, str]]:
     """(label, engine, qconfig engine) for every engine this torch has."""
-    engines = engines.available_engines()
-    found = [(e, e, e) for e in ("x86", "fbgemm", "qnnpack", "onednn") if e in engines]
-    if "onednn" in engines:
+    have = engines.available_engines()
+    found = [(e, e, e) for e in ("x86", "fbgemm", "qnnpack", "onednn") if e in have]
+    if "onednn" in have:
         found.append(("onednn-x86qconfig", "onednn", "x86"))
     return found
 
@@ -84,12 +85,14 @@ def call_dict(call) -> dict:
             "output": qdict(call.output)}
 
 
-def record_models(out: Path, search: int, telling: int = 8) -> None:
+def record_models(out: Path, search: int, telling: int = 8, test_images: int | None = None,
+                  calibration_images: int = 512) -> None:
     from .. import data, pretrained
 
-    images = data.fashion_mnist("test").tensors()[0]
-    calibration = data.calibration_subset(512)
-    batches = [torch.stack([calibration[i][0] for i in range(j, j + 128)]) for j in range(0, 512, 128)]
+    images = data.fashion_mnist("test").tensors()[0][:test_images]
+    calibration = data.calibration_subset(calibration_images)
+    batches = [torch.stack([calibration[i][0] for i in range(j, min(j + 128, calibration_images))])
+               for j in range(0, calibration_images, 128)]
     profile = CpuProfile.detect()
     for name in ("seednet-fmnist", "resnet18-fmnist"):
         for label, engine, qconfig in plans():
@@ -186,18 +189,21 @@ def record_adds(out: Path, engine: str) -> None:
     print(f"add-{engine}: {len(res['adds'])} adds", flush=True)
 
 
-def record(out: Path, search: int = 1000) -> None:
+QUICK = {"search": 0, "test_images": 500, "calibration_images": 128}  # --quick: about a minute
+
+
+def record(out: Path, search: int = 1000, test_images: int | None = None, calibration_images: int = 512) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    record_models(out, search)
-    engines = [engine for label, engine, _ in plans() if label == engine]
-    for engine in engines:
+    record_models(out, search, test_images=test_images, calibration_images=calibration_images)
+    recorded = [engine for label, engine, _ in plans() if label == engine]
+    for engine in recorded:
         record_layers(out, engine, f"{engine}-perchannel-rr", reduce_range=True, per_channel=True)
         record_adds(out, engine)
-    if "onednn" in engines:
+    if "onednn" in recorded:
         record_layers(out, "onednn", "onednn-perchannel-full", reduce_range=False, per_channel=True)
-    if "qnnpack" in engines:
+    if "qnnpack" in recorded:
         record_layers(out, "qnnpack", "qnnpack-pertensor-full", reduce_range=False, per_channel=False)
-    if "fbgemm" in engines:
+    if "fbgemm" in recorded:
         record_layers(out, "fbgemm", "fbgemm-pertensor-rr", reduce_range=True, per_channel=False)
 
 
@@ -205,13 +211,18 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("folder", type=Path, help="where to write the recordings (created if missing)")
     parser.add_argument("--search", type=int, default=1000, help="test images searched for telling ones")
+    parser.add_argument("--quick", action="store_true",
+                        help="about a minute: no search for telling images, 128 calibration images, outputs "
+                             "of the first 500 test images (what to run to share your CPU)")
     parser.add_argument("--compact", type=Path, default=None,
                         help="also write the compact form (*.pt.xz + manifest.json) into this folder")
     args = parser.parse_args(argv)
     quiet_deprecations()
     warnings.filterwarnings("ignore", message=r"must run observer")
-    print(f"recording this CPU ({CpuProfile.detect().kind}) into {args.folder}", flush=True)
-    record(args.folder, args.search)
+    options = dict(QUICK) if args.quick else {"search": args.search}
+    print(f"recording this CPU ({CpuProfile.detect().kind}) into {args.folder}"
+          f"{' (quick)' if args.quick else ''}", flush=True)
+    record(args.folder, **options)
     if args.compact:
         compact_folder(args.folder, args.compact)
     return 0

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import QlibError
+from ..errors import QlibError, check_choice
 from .cpu import CpuProfile, profile_from_flags
 from ..recorder import Call, unique_key
 
@@ -151,10 +151,10 @@ def profile_of(cpu: dict) -> CpuProfile:
 # --- the course's own recordings ---------------------------------------------------------------------------
 
 def course_recordings():
-    """tests/data/kernel-recordings: one folder per CPU kind, replayed by the test suite."""
+    """data/kernel-recordings: one folder per CPU kind, replayed by the test suite."""
     from ..paths import REPO_ROOT
 
-    return REPO_ROOT / "tests" / "data" / "kernel-recordings"
+    return REPO_ROOT / "data" / "kernel-recordings"
 
 
 def recorded_kinds() -> list[str]:
@@ -210,11 +210,20 @@ def recording_files(folder: Path) -> list[Path]:
     return files
 
 
-def write_manifest(folder: Path, note: str = "") -> None:
+# How a folder's kernels ran: on the CPU itself, on another CPU with the libraries capped by environment
+# variables, or PyTorch's real build for another architecture under QEMU user-mode emulation.
+HOW_RECORDED = ("real", "emulated", "qemu")
+
+
+def write_manifest(folder: Path, note: str = "", recorded: str = "real") -> None:
     folder = Path(folder)
+    recorded = check_choice(recorded, "recorded", HOW_RECORDED, "how the kernels ran")
     files = {p.name: {"sha256": hashlib.sha256(p.read_bytes()).hexdigest(), "bytes": p.stat().st_size}
              for p in recording_files(folder)}
-    (folder / "manifest.json").write_text(json.dumps({"note": note, "files": files}, indent=1) + "\n")
+    text = json.dumps({"recorded": recorded, "note": note, "files": files}, indent=1) + "\n"
+    tmp = folder / "manifest.json.part"
+    tmp.write_text(text)
+    tmp.replace(folder / "manifest.json")
 
 
 # --- calls ------------------------------------------------------------------------------------------------
