@@ -110,6 +110,14 @@ def _same_memory_order(a: torch.Tensor, b: torch.Tensor) -> bool:
         and b.is_contiguous(memory_format=torch.channels_last))
 
 
+def add_library(engine: str, requant: str = "exact", same_shape: bool = True) -> str:
+    """Whose quantized add runs: QNNPACK's integer add under engine qnnpack (inputs of one shape),
+    ATen's float32 add elsewhere, the paper's fixed-point add with requant="fixedpoint"."""
+    if requant == "fixedpoint":
+        return "fixedpoint"
+    return "qnnpack" if engine == "qnnpack" and same_shape else "aten"
+
+
 def binary(op: str, engine: str, cpu: CpuProfile, requant: str = "exact") -> Callable:
     """add / mul (relu or not): f(a, sa, za, b, sb, zb, s, z, relu) -> ints; a and b are integer
     tensors in the memory order of PyTorch's (the vector loop walks memory)."""
@@ -119,7 +127,7 @@ def binary(op: str, engine: str, cpu: CpuProfile, requant: str = "exact") -> Cal
         return elementwise.mul_float
 
     def add(a, sa, za, b, sb, zb, s, z, relu):
-        if engine == "qnnpack" and a.shape == b.shape:
+        if add_library(engine, requant, a.shape == b.shape) == "qnnpack":
             with _offline():   # QNNPACK's multipliers: float at set-up, like every other constant
                 multipliers = elementwise.qnnpack_add_multipliers(sa, sb, s)
             return elementwise.add_qnnpack(a, za, b, zb, z, relu, *multipliers)
