@@ -1,10 +1,9 @@
 """FP32 vs INT8: accuracy, size and latency, measured in one run (`python -m qlib.bench`), and the
 measurements that explain the latency: where the time goes (torch.profiler), what one call costs.
 
-`latency` times repeated forward passes after a warm-up, with torch's intra-op thread count fixed
-(and reported), because thread count changes the answer more than anything else. A CPU shared
-with other work gives noisy timings: grids are taken in interleaved rounds, so that a burst of
-load lands on no variant alone, and keep each cell's fastest pass, the least disturbed. Ratios
+Timings come from qlib.timing: every model warmed up first, interleaved rounds, medians and
+their spread, torch's intra-op thread count fixed (and reported), because thread count changes
+the answer more than anything else. Ratios
 INT8/FP32 are only meaningful within one run on one machine, so every run measures both sides. A
 model converted under one quantized engine runs with that engine active (see qlib.engines).
 `python -m qlib.bench` writes its tables and figures to build/bench/ (not tracked: they describe
@@ -18,7 +17,6 @@ import contextlib
 import mmap
 import os
 import re
-import statistics
 import sys
 import time
 from dataclasses import dataclass
@@ -30,6 +28,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from . import timing
 from .engines import engine_active, engine_of
 from .errors import check_whole
 from .metrics import as_tensors, evaluate
@@ -37,20 +36,8 @@ from .paths import REPO_ROOT
 
 OUTPUT_DIR = REPO_ROOT / "build" / "bench"
 
-# torch's own default intra-op thread count (its number of physical cores), read before anyone changes it.
-ALL_THREADS = torch.get_num_threads()
-
-
-@contextlib.contextmanager
-def threads(count: int | None):
-    """Fix torch's intra-op thread count inside the block (None: keep the current one)."""
-    previous = torch.get_num_threads()
-    if count is not None:
-        torch.set_num_threads(check_whole(count, "threads", 1))
-    try:
-        yield torch.get_num_threads()
-    finally:
-        torch.set_num_threads(previous)
+ALL_THREADS = timing.ALL_THREADS
+threads = timing.threads     # one place for the thread count: qlib.timing
 
 
 @dataclass
@@ -69,54 +56,45 @@ class Latency:
         return self.median_ms / self.batch_size
 
 
+def random_batch(batch_size: int, input_shape=(1, 28, 28), seed: int = 0) -> torch.Tensor:
+    check_whole(batch_size, "batch_size", 1)
+    return torch.randn((batch_size, *input_shape), generator=torch.Generator().manual_seed(seed))
+
+
 def latency(model: nn.Module, batch_size: int = 1, input_shape=(1, 28, 28), warmup: int = 5,
             repeats: int = 30, num_threads: int | None = 1, seed: int = 0) -> Latency:
-    """Time `repeats` forward passes of a random batch after `warmup` untimed ones."""
-    check_whole(batch_size, "batch_size", 1)
-    check_whole(repeats, "repeats", 1, example=30)
-    check_whole(warmup, "warmup", 0, example=5)
-    x = torch.randn((batch_size, *input_shape), generator=torch.Generator().manual_seed(seed))
-    model.eval()
-    times = []
-    with threads(num_threads) as used, engine_active(engine_of(model)), torch.inference_mode():
-        for _ in range(warmup):
-            model(x)
-        for _ in range(repeats):
-            start = time.perf_counter()
-            model(x)
-            times.append((time.perf_counter() - start) * 1e3)
-    return Latency(batch_size, used, repeats, statistics.median(times), min(times), max(times))
+    """Time `repeats` forward passes of a random batch after `warmup` untimed ones (one model;
+    to compare models, qlib.timing.compare interleaves them)."""
+    x = random_batch(batch_size, input_shape, seed)
+    t = timing.compare({"model": model}, x, rounds=1, repeats=repeats, warmup=warmup, num_threads=num_threads)["model"]
+    return Latency(batch_size, t.threads, repeats, t.median_ms, t.fastest_ms, t.high_ms)
 
 
 def latency_grid(models: dict[str, nn.Module], batch_sizes=(1, 64), thread_counts=(1, None), repeats: int = 10,
                  rounds: int = 3, warmup: int = 2, progress: bool = True) -> pd.DataFrame:
     """Latency of every model at every batch size and thread count (None: all, torch's default).
 
-    Each round times every cell once (`warmup` untimed passes, then `repeats` timed ones), so load
-    that comes and goes is shared out. One row per (variant, threads, batch_size): latency_ms, the
-    fastest timed pass of all rounds (on a shared machine, the least disturbed one: what the model
-    costs), median_ms, the median of the fastest round, and per_image_ms (latency_ms / batch).
-    Columns: variant, engine ("-" for a float model), threads, batch_size and the three times.
+    For each (threads, batch size), the models are timed together by qlib.timing.compare: all
+    warmed up first, then `rounds` interleaved rounds of `repeats` calls. One row per (variant,
+    threads, batch_size): median_ms (the median of the round medians) with its spread low_ms ..
+    high_ms, latency_ms (the fastest single pass: the least disturbed one) and per_image_ms
+    (median_ms / batch). Columns also: variant, engine ("-" for a float model), threads.
     """
     check_whole(rounds, "rounds", 1, example=3)
     counts = [ALL_THREADS if count is None else check_whole(count, "threads", 1) for count in thread_counts]
     counts = list(dict.fromkeys(counts))  # one core: "1" and "all" are the same cell
-    cells = [(name, count, batch) for name in models for count in counts for batch in batch_sizes]
-    fastest = {cell: float("inf") for cell in cells}
-    median = {cell: float("inf") for cell in cells}
-    with tqdm(total=rounds * len(cells), desc="latency grid", disable=not progress, leave=False) as bar:
-        for _ in range(rounds):
-            for cell in cells:
-                name, count, batch = cell
-                measured = latency(models[name], batch, warmup=warmup, repeats=repeats, num_threads=count)
-                fastest[cell] = min(fastest[cell], measured.min_ms)
-                median[cell] = min(median[cell], measured.median_ms)
-                bar.update()
-    rows = [dict(variant=name, engine=engine_of(models[name]) or "-", threads=count, batch_size=batch,
-                 latency_ms=fastest[name, count, batch], median_ms=median[name, count, batch],
-                 per_image_ms=fastest[name, count, batch] / batch)
-            for name, count, batch in cells]
-    return pd.DataFrame(rows)
+    rows = []
+    cells = [(count, batch) for count in counts for batch in batch_sizes]
+    for count, batch in tqdm(cells, desc="latency grid", disable=not progress, leave=False):
+        measured = timing.compare(models, random_batch(batch), rounds=rounds, repeats=repeats, warmup=warmup,
+                                  num_threads=count)
+        rows += [dict(variant=name, engine=engine_of(models[name]) or "-", threads=count, batch_size=batch,
+                      latency_ms=t.fastest_ms, median_ms=t.median_ms, low_ms=t.low_ms, high_ms=t.high_ms,
+                      per_image_ms=t.median_ms / batch)
+                 for name, t in measured.items()]
+    order = {name: i for i, name in enumerate(models)}
+    return (pd.DataFrame(rows).sort_values(["variant", "threads", "batch_size"], key=lambda c: c.map(order)
+                                           if c.name == "variant" else c, kind="stable").reset_index(drop=True))
 
 
 # --- where the time goes ------------------------------------------------------------------------
@@ -298,8 +276,8 @@ def measure(names=("seednet-fmnist", "resnet18-fmnist"), engines=None, calibrati
     grid = pd.concat(grids, ignore_index=True) if grids else pd.DataFrame()
     if len(grid):
         grid["precision"] = grid.variant.str.split().str[0]
-        fp32 = grid[grid.precision == "FP32"].set_index(["model", "threads", "batch_size"]).latency_ms
-        grid["ratio_to_fp32"] = grid.latency_ms.values / fp32.loc[list(zip(grid.model, grid.threads,
+        fp32 = grid[grid.precision == "FP32"].set_index(["model", "threads", "batch_size"]).median_ms
+        grid["ratio_to_fp32"] = grid.median_ms.values / fp32.loc[list(zip(grid.model, grid.threads,
                                                                          grid.batch_size))].values
     return pd.DataFrame(summary), grid
 
@@ -318,7 +296,7 @@ def with_latency_columns(summary: pd.DataFrame, grid: pd.DataFrame, num_threads:
                          batch_sizes=(1, 64)) -> pd.DataFrame:
     """The summary with one latency_b{batch}_ms column per batch size, read from the grid at `num_threads`."""
     table = summary.copy()
-    at = grid[grid.threads == num_threads].set_index(["model", "engine", "batch_size"]).latency_ms
+    at = grid[grid.threads == num_threads].set_index(["model", "engine", "batch_size"]).median_ms
     for batch_size in batch_sizes:
         table[f"latency_b{batch_size}_ms"] = [at[model, engine, batch_size]
                                               for model, engine in zip(table.model, table.engine)]
@@ -361,10 +339,12 @@ def to_markdown(table: pd.DataFrame, num_threads: int, calibration_images: int, 
             f"torch {torch.__version__}, CPU: {cpu_name()}, {os.cpu_count()} logical CPU(s); INT8 = eager-mode "
             f"static quantization with each engine's default qconfig, calibrated on {calibration_images} training "
             f"images. Accuracy: test split. Latency: ms per forward pass of one batch with {num_threads} "
-            "intra-op thread(s), the fastest pass of interleaved rounds; ratios are INT8/FP32 measured in the same run. "
+            "intra-op thread(s), the median of interleaved rounds' medians (qlib.timing; low_ms .. high_ms: the "
+            "fastest and slowest round); ratios are INT8/FP32 medians measured in the same run. "
             "Size: serialised state dict.", "", markdown_table(table), ""]
     if grid is not None and len(grid):
-        columns = ["model", "variant", "threads", "batch_size", "latency_ms", "median_ms", "per_image_ms", "ratio_to_fp32"]
+        columns = ["model", "variant", "threads", "batch_size", "median_ms", "low_ms", "high_ms", "per_image_ms",
+                   "ratio_to_fp32"]
         text += ["## Latency grid (every engine, thread count and batch size)", "", markdown_table(grid[columns]), ""]
     return "\n".join(text)
 
@@ -383,13 +363,17 @@ def plot_latency(grid: pd.DataFrame, model: str | None = None, axes=None):
         axes = axes[0]
     width = 0.8 / len(counts)
     for ax, batch in zip(axes, batches):
-        at = grid[grid.batch_size == batch].set_index(["variant", "threads"]).latency_ms
+        at = grid[grid.batch_size == batch].set_index(["variant", "threads"])
         for k, count in enumerate(counts):
-            ax.bar([i + k * width for i in range(len(variants))], [at.get((v, count), float("nan")) for v in variants],
-                   width, label=f"{count} thread{'s' if count > 1 else ''}")
+            cells = [at.loc[(v, count)] if (v, count) in at.index else None for v in variants]
+            median = [c.median_ms if c is not None else float("nan") for c in cells]
+            spread = [[m - c.low_ms if c is not None else 0 for m, c in zip(median, cells)],
+                      [c.high_ms - m if c is not None else 0 for m, c in zip(median, cells)]]
+            ax.bar([i + k * width for i in range(len(variants))], median, width, yerr=spread, capsize=2,
+                   label=f"{count} thread{'s' if count > 1 else ''}")
         ax.set_xticks([i + width * (len(counts) - 1) / 2 for i in range(len(variants))], variants, rotation=30,
                       ha="right", fontsize=8)
-        ax.set_ylabel("ms per batch (fastest pass)")
+        ax.set_ylabel("ms per batch (median, round spread)")
         ax.set_title(f"{model + ', ' if model else ''}batch {batch}", fontsize=10)
         ax.legend(fontsize=8)
     plt.tight_layout()

@@ -114,11 +114,13 @@ def test_the_default_output_folder_is_ignored_by_git():
     assert result.returncode == 0
 
 
-def test_latency_grid_interleaves_every_cell_and_keeps_its_fastest_round():
+def test_latency_grid_times_every_cell_with_its_median_and_spread():
     models = {"a": nn.Sequential(nn.Flatten(), nn.Linear(784, 10)), "b": nn.Sequential(nn.Flatten(), nn.Linear(784, 3))}
     grid = bench.latency_grid(models, batch_sizes=(1, 4), thread_counts=(1, 1), repeats=2, rounds=2, progress=False)
     assert len(grid) == 4 and set(grid.threads) == {1}           # a repeated thread count is one cell
-    assert (grid.latency_ms > 0).all() and (grid.per_image_ms == grid.latency_ms / grid.batch_size).all()
+    assert grid.variant.tolist() == ["a", "a", "b", "b"] and grid.batch_size.tolist() == [1, 4, 1, 4]
+    assert (grid.latency_ms > 0).all() and (grid.per_image_ms == grid.median_ms / grid.batch_size).all()
+    assert ((grid.low_ms <= grid.median_ms) & (grid.median_ms <= grid.high_ms) & (grid.latency_ms <= grid.low_ms)).all()
     assert set(grid.engine) == {"-"}
     with pytest.raises(ValueError):
         bench.latency_grid(models, rounds=0, progress=False)
