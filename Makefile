@@ -10,7 +10,7 @@ PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.qlib-installed
 PIP     := $(PY) -m pip --disable-pip-version-check
 
-.PHONY: help setup data browser lab test test-qnnpack site bench train clean student
+.PHONY: help setup data browser lab test test-qnnpack site bench train clean student arm64 record-arm64 test-arm64
 
 help:
 	@echo "make lab    set up (venv, pinned packages, qlib, data) and start JupyterLab"
@@ -19,6 +19,9 @@ help:
 	@echo "make bench  FP32 vs INT8 accuracy, size and latency per engine: table and figures in build/bench/"
 	@echo "make student  write the student copies (solutions stubbed) to student/"
 	@echo "make train  retrain the committed checkpoints (about 30 minutes on 2 cores)"
+	@echo "make arm64  Linux ARM64 torch under qemu-user in build/arm64-qemu (root for apt; a 454 MB wheel)"
+	@echo "make record-arm64  record its int8 kernels (--quick) into data/kernel-recordings/arm64"
+	@echo "make test-arm64  the smoke notebooks (00 01 04 07 08 11) on a kernel running ARM64 torch under qemu"
 
 setup: $(STAMP) data
 
@@ -72,6 +75,41 @@ bench: setup
 train: setup
 	$(PY) -m qlib.train seednet-fmnist
 	$(PY) -m qlib.train resnet18-fmnist
+
+# Linux ARM64 (aarch64) as a CPU kind: PyTorch's real aarch64 wheel under qemu-user on this x86
+# machine (scripts/arm64-qemu.sh; not part of make test). ARM_CPU picks qemu's CPU model.
+ARM     := build/arm64-qemu
+ARM_CPU ?= neoverse-n1
+ARM_NOTEBOOKS ?= 00_setup_and_tour 01_quantization_math 04_preparing_resnet 07_conversion_and_inspection 08_int8_internals 11_beyond_eager_mode_pt2e
+
+arm64: $(STAMP)
+	@HOST_PYTHON=$(PY) bash scripts/arm64-qemu.sh $(ARM)
+
+# The note is written from the recording's own "cpu" entry (read on the host) and qemu's version.
+ARM_NOTE_PY = import glob, sys; from qlib.int8.recordings import load; \
+  cpu = load(sorted(glob.glob("build/arm64-rec/*.pt"))[0])["cpu"]; \
+  engines = sorted(p[len("build/arm64-rec/add-"):-3] for p in glob.glob("build/arm64-rec/add-*.pt")); \
+  midr = open("$(ARM)/cpu/$(ARM_CPU)/sys/devices/system/cpu/cpu0/regs/identification/midr_el1").read().strip(); \
+  print(f"Recorded with python -m qlib.int8.record --quick under {sys.argv[1]} (qemu-user, -cpu $(ARM_CPU): MIDR_EL1 {midr}, flags {cpu['flags']}) on an x86-64 host, " \
+  f"running PyTorch {cpu['torch']} for {cpu['system']} {cpu['machine']} (the official Linux aarch64 wheel, a CUDA build " \
+  f"whose CUDA libraries are stubbed; its CPU kernels are unchanged); engines {', '.join(engines)} and onednn with the x86 " \
+  f"qconfig (fbgemm does not run on ARM); {cpu['threads']} threads; torch.backends.cpu.get_cpu_capability() = " \
+  f"{cpu['aten_capability']}. On Linux aarch64 the x86 and onednn engines run oneDNN's ARM kernels. This is Linux ARM64, " \
+  "not macOS: Apple Silicon's torch is a separate build, not verified here.")
+
+record-arm64: arm64 data
+	rm -rf build/arm64-rec
+	ARM_CPU=$(ARM_CPU) $(ARM)/arm-python -m qlib.int8.record build/arm64-rec --quick
+	$(file >build/arm64-note.py,$(ARM_NOTE_PY))
+	$(PY) -m qlib.int8.compact build/arm64-rec data/kernel-recordings/arm64 --recorded qemu \
+	  --note "$$($(PY) build/arm64-note.py "$$(qemu-aarch64-static --version | head -1)")"
+	$(PY) -m qlib.int8.replay data/kernel-recordings/arm64
+
+# nbval on the host drives a Jupyter kernel that runs under qemu (kernelspec arm64-qemu in $(ARM)/kernels).
+test-arm64: arm64 data
+	QLIB_SMOKE=1 ARM_CPU=$(ARM_CPU) JUPYTER_PATH=$(CURDIR)/$(ARM) $(PY) -m pytest -p no:cacheprovider -o addopts="" -ra \
+	  --nbval-lax --nbval-kernel-name arm64-qemu --nbval-kernel-startup-timeout=600 --nbval-cell-timeout=3000 \
+	  $(foreach n,$(ARM_NOTEBOOKS),notebooks/$(n).ipynb)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis
