@@ -8,6 +8,10 @@ the weights' integers, each minus its zero point (notebook 08, equations 4-5):
 Here every value is an integer tensor and every operation is exact. The one CPU quirk that
 touches these sums, the int16 saturation of AVX2 kernels, is applied by `saturate_pairs` to the
 pairs that `quirks.pairs_of` names. Pooling's window sums live here too.
+
+Where to read the C++ (FBGEMM: the u8 x s8 GEMM, and the zero-point terms its output stage removes):
+Reproduces: FBGEMM: src/GenerateKernelU8S8S32ACC32.cc (CodeGenBase::genComputeBlock).
+Reproduces: FBGEMM: include/fbgemm/OutputProcessing-inl.h (ReQuantizeOutput::f).
 """
 
 from __future__ import annotations
@@ -17,7 +21,10 @@ import torch.nn.functional as F
 
 
 def im2col(xq: torch.Tensor, x_zp: int, kernel, stride, padding, dilation):
-    """The sliding windows of uint8 x: [N, C*kh*kw, OH*OW] (padding holds x_zp, i.e. real 0)."""
+    """The sliding windows of uint8 x: [N, C*kh*kw, OH*OW] (padding holds x_zp, i.e. real 0).
+
+    Reproduces: FBGEMM: src/PackAWithIm2Col.cc (PackAWithIm2Col::pack).
+    """
     x = F.pad(xq.contiguous(), (padding[1], padding[1], padding[0], padding[0]), value=x_zp)
     span_h, span_w = dilation[0] * (kernel[0] - 1) + 1, dilation[1] * (kernel[1] - 1) + 1
     windows = x.unfold(2, span_h, stride[0]).unfold(3, span_w, stride[1])
@@ -40,6 +47,10 @@ def conv_accumulate(xq, x_zp, wq, w_zp, stride, padding, dilation, groups, pairs
     (a per-channel constant), with w' = w - w_zp (symmetric weights: w' = w). `pairs` (see
     quirks.pairs_of) makes it add products two by two in int16 with saturation, as AVX2 kernels
     do; `stats["saturated"]` then counts the clipped sums.
+
+    Reproduces: aten/src/ATen/native/quantized/cpu/qconv.cpp (PackedConvWeight::apply_impl).
+    Reproduces: FBGEMM: src/GenerateKernelU8S8S32ACC32.cc (CodeGenBase::genComputeBlock).
+    Reproduces: FBGEMM: include/fbgemm/OutputProcessing-inl.h (ReQuantizeOutput::f).
     """
     oc, cg, kh, kw = wq.shape
     cols, (oh, ow) = im2col(xq, x_zp, (kh, kw), stride, padding, dilation)
@@ -59,7 +70,12 @@ def conv_accumulate(xq, x_zp, wq, w_zp, stride, padding, dilation, groups, pairs
 
 
 def linear_accumulate(xq, x_zp, wq, w_zp, pairs=None, stats=None) -> torch.Tensor:
-    """acc[n, o] = sum_k (x[n, k] - x_zp) * (w[o, k] - w_zp[o]) = x.w' - x_zp * sum_k w', int32."""
+    """acc[n, o] = sum_k (x[n, k] - x_zp) * (w[o, k] - w_zp[o]) = x.w' - x_zp * sum_k w', int32.
+
+    Reproduces: aten/src/ATen/native/quantized/cpu/qlinear.cpp (PackedLinearWeight::apply_impl).
+    Reproduces: FBGEMM: src/Fbgemm.cc (fbgemmPacked).
+    Reproduces: FBGEMM: include/fbgemm/OutputProcessing-inl.h (ReQuantizeOutput::f).
+    """
     w = wq.to(torch.int32) - w_zp.to(torch.int32).view(-1, 1)
     x = xq.to(torch.int32).reshape(-1, w.shape[1])
     acc = torch.matmul(w, x.t()).t().contiguous()
@@ -77,6 +93,10 @@ def saturate_pairs(acc, cols, w, pairs, image_max, chunk: int = 1 << 16) -> int:
     pairs into K (index K: no partner); image_max [N]: each image's largest activation (cheap to
     screen with). Only pairs with (x_a + x_b) * max|w| > 32767 are looked at, so it costs little
     when saturation is rare (reduce_range) and stays exact when it is not.
+
+    Reproduces: FBGEMM: src/GenerateKernelU8S8S32ACC32.cc (CodeGenBase::genComputeBlock).
+    Reproduces: oneDNN: src/cpu/x64/jit_uni_x8s8s32x_conv_kernel.cpp
+        (jit_uni_x8s8s32x_fwd_kernel_vmm_t::compute_ker).
     """
     n_, g_, k, l_ = cols.shape
     ocg = w.shape[1]
@@ -112,12 +132,19 @@ def saturate_pairs(acc, cols, w, pairs, image_max, chunk: int = 1 << 16) -> int:
 # --- pooling windows ---------------------------------------------------------------------------------
 
 def pair(v) -> tuple[int, int]:
+    """An int or a pair as a pair, as nn.Module arguments allow.
+
+    Course helper: argument normalisation, no arithmetic.
+    """
     return (v, v) if isinstance(v, int) else tuple(v)
 
 
 def pool_windows(t, kernel, stride, padding, dilation=1, ceil_mode=False, pad_value=0, extra_value=0):
     """Sliding windows of an integer tensor [..., H, W] -> [..., OH, OW, kh, kw], as PyTorch's
-    pooling sizes them: `padding` filled with pad_value, the ceil_mode overhang with extra_value."""
+    pooling sizes them: `padding` filled with pad_value, the ceil_mode overhang with extra_value.
+
+    Reproduces: aten/src/ATen/native/Pool.h (pooling_output_shape_pad_lr).
+    """
     k, s, p, d = pair(kernel), pair(stride if stride else kernel), pair(padding), pair(dilation)
     span = [d[i] * (k[i] - 1) + 1 for i in (0, 1)]
     sizes = []
@@ -135,7 +162,11 @@ def pool_windows(t, kernel, stride, padding, dilation=1, ceil_mode=False, pad_va
 
 def edge_clamped_windows(t, kernel, stride, padding, dilation=1):
     """Pooling windows [..., OH, OW, kh, kw] whose taps outside the image read the nearest edge
-    value (QNNPACK's indirection buffer clamps the coordinates) instead of being skipped."""
+    value (QNNPACK's indirection buffer clamps the coordinates) instead of being skipped.
+
+    Reproduces: QNNPACK: src/indirection.c (pytorch_qnnp_indirection_init_maxpool2d).
+    (QNNPACK: PyTorch's copy, path relative to aten/src/ATen/native/quantized/cpu/qnnpack.)
+    """
     k, s, p, d = pair(kernel), pair(stride if stride else kernel), pair(padding), pair(dilation)
     h, w = t.shape[-2:]
     oh = (h + 2 * p[0] - d[0] * (k[0] - 1) - 1) // s[0] + 1
@@ -148,5 +179,8 @@ def edge_clamped_windows(t, kernel, stride, padding, dilation=1):
 
 
 def adaptive_windows(size: int, out: int) -> list[tuple[int, int]]:
-    """[start, end) of each adaptive pooling window along one axis (ATen's start/end_index)."""
+    """[start, end) of each adaptive pooling window along one axis (ATen's start/end_index).
+
+    Reproduces: aten/src/ATen/native/quantized/cpu/AdaptiveAveragePooling.cpp (start_index, end_index).
+    """
     return [((i * size) // out, -(-((i + 1) * size) // out)) for i in range(out)]

@@ -15,6 +15,17 @@ into a saturating int16 ("channels"); depthwise and reference kernels do not sat
 rules depend on the shape, the thread count and the L1 cache (48 KiB assumed, a Sapphire Rapids
 core's); they reproduce what was measured, one small first-layer case excepted.
 Notebook 08, section 8.
+
+Where to read the C++ (oneDNN v3.12; names as ONEDNN_VERBOSE prints them in brackets):
+Reproduces: oneDNN: src/cpu/cpu_convolution_list.cpp (impl_list_map).
+Reproduces: oneDNN: src/cpu/x64/jit_uni_x8s8s32x_conv_kernel.cpp (jit_uni_x8s8s32x_fwd_kernel_vmm_t)
+    [jit_uni_int8].
+Reproduces: oneDNN: src/cpu/x64/jit_avx512_core_x8s8s32x_conv_kernel.cpp
+    (jit_avx512_core_x8s8s32x_fwd_kernel_vmm_t) [jit_int8].
+Reproduces: oneDNN: src/cpu/x64/jit_brgemm_conv.cpp (brgemm_convolution_fwd_t) [brg_conv_fwd].
+Reproduces: oneDNN: src/cpu/x64/jit_brgemm_1x1_conv.cpp (brgemm_1x1_convolution_fwd_t) [brgconv_1x1].
+Reproduces: oneDNN: src/cpu/x64/jit_brdgmm_dw_conv.cpp (brdgmm_dw_convolution_fwd_t) [brdgmm_dw].
+Reproduces: oneDNN: src/cpu/ref_convolution_int8.cpp (ref_convolution_int8_fwd_t) [ref:any].
 """
 
 from __future__ import annotations
@@ -26,13 +37,23 @@ L1_BYTES = 48 * 1024
 
 @dataclass(frozen=True)
 class Kernel:
+    """One oneDNN implementation: its verbose name, how it applies the scales, whether it saturates.
+
+    Course helper: a record of what was measured about a kernel, no arithmetic.
+    """
+
     name: str          # as ONEDNN_VERBOSE names it
     scales: str        # "combined", "one_by_one" or "reference"
     pairs: bool        # int16 pairs of neighbouring input channels (non-VNNI kernels)
 
 
 def conv_kernel(isa: str, geometry: dict, batch: int, out_hw: tuple, threads: int) -> Kernel:
-    """The kernel of a 2-D conv with symmetric per-channel weights; `isa` as in CpuProfile.onednn."""
+    """The kernel of a 2-D conv with symmetric per-channel weights; `isa` as in CpuProfile.onednn.
+
+    oneDNN takes the first implementation in its list whose pd_t::init accepts the problem.
+
+    Reproduces: oneDNN: src/cpu/cpu_convolution_list.cpp (impl_list_map).
+    """
     cin, cout, groups = geometry["in_channels"], geometry["out_channels"], geometry["groups"]
     kh, kw = geometry["kernel"]
     cg, ocg = cin // groups, cout // groups
@@ -76,7 +97,14 @@ def conv_kernel(isa: str, geometry: dict, batch: int, out_hw: tuple, threads: in
 
 
 def linear_kernel(isa: str, rows: int, in_features: int, out_features: int) -> Kernel:
-    """The kernel of a linear layer with `rows` input rows (the batch)."""
+    """The kernel of a linear layer with `rows` input rows (the batch).
+
+    oneDNN takes the first matmul implementation in its list whose pd_t::init accepts the problem:
+    brg_matmul is src/cpu/x64/matmul/brgemm_matmul.cpp, gemm:jit src/cpu/matmul/gemm_x8s8s32x_matmul.cpp.
+
+    Reproduces: oneDNN: src/cpu/matmul/cpu_matmul_list.cpp (get_matmul_impl_list).
+    Reproduces: aten/src/ATen/native/quantized/cpu/qlinear.cpp (PackedLinearWeightsOnednn::apply_impl).
+    """
     if isa == "avx2":
         return Kernel("gemm:jit", "combined", True)
     if isa in ("avx2_vnni", "avx512_core", "avx512_core_vnni"):

@@ -14,6 +14,12 @@ elementwise.py) know no CPU. Three things here do, each a function of the CPU pr
    lanes, the rest in scalar code: `scalar_channels`. (NHWC average pooling has lanes too, but its
    two multipliers give the same integers.)
 Notebook 08, sections 3, 8 and 9.
+
+Where to read the C++:
+Reproduces: FBGEMM: src/GenerateKernelU8S8S32ACC32.cc (CodeGenBase::genComputeBlock).
+Reproduces: aten/src/ATen/native/cpu/Loops.h (vectorized_loop).
+Reproduces: aten/src/ATen/native/quantized/cpu/kernels/QuantizedOpKernels.cpp
+    (qcat_nhwc_kernel).
 """
 
 from __future__ import annotations
@@ -33,6 +39,12 @@ def pairs_of(kernel: str, channels: int, taps: int = 1):
     neighbours in its (tap, channel) order, channel fastest (K = kh*kw*C/G), depthwise and
     linear included, on every kernel path; oneDNN pairs neighbouring channels within one tap
     (onednn.py says which of its kernels saturate at all).
+
+    Reproduces: FBGEMM: src/GenerateKernelU8S8S32ACC32.cc (CodeGenBase::genComputeBlock).
+    Reproduces: FBGEMM: src/GenerateI8Depthwise.cc (GenI8Depthwise::getOrCreate).
+    Reproduces: oneDNN: src/cpu/x64/jit_uni_x8s8s32x_conv_kernel.cpp
+        (jit_uni_x8s8s32x_fwd_kernel_vmm_t::compute_ker).
+    Reproduces: oneDNN: src/cpu/x64/brgemm/jit_brgemm_kernel.cpp (jit_brgemm_kernel_t::dot_product).
     """
     k = channels * taps
     if kernel == "fbgemm":
@@ -61,6 +73,9 @@ def scalar_tail(numel: int, cpu: CpuProfile) -> torch.Tensor:
     elements (at::parallel_for: chunks of ceil(n / threads)); each chunk runs blocks of 64 uint8
     values (two AVX2 vectors; AVX-512 CPUs run the same AVX2 build) and finishes its last
     (length % 64) values one by one. Without vectorized kernels (DEFAULT build) every value is.
+    (The 32,768 is at::internal::GRAIN_SIZE, in aten/src/ATen/TensorIterator.h.)
+
+    Reproduces: aten/src/ATen/native/cpu/Loops.h (vectorized_loop).
     """
     if not cpu.quantized_vectors:
         return torch.arange(numel)
@@ -72,7 +87,10 @@ def scalar_tail(numel: int, cpu: CpuProfile) -> torch.Tensor:
 
 
 def tail_mask(t: torch.Tensor, cpu: CpuProfile) -> torch.Tensor:
-    """[shape of t] mask of the values a vector kernel walking t's memory leaves to its scalar tail."""
+    """[shape of t] mask of the values a vector kernel walking t's memory leaves to its scalar tail.
+
+    Course helper: maps scalar_tail's flat memory positions onto t's NCHW indices.
+    """
     flat = torch.zeros(t.numel(), dtype=torch.bool)
     flat[scalar_tail(t.numel(), cpu)] = True
     if t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous():
@@ -86,7 +104,11 @@ def tail_mask(t: torch.Tensor, cpu: CpuProfile) -> torch.Tensor:
 
 def scalar_channels(channels: int, cpu: CpuProfile):
     """Which channels NHWC cat dequantizes value by value (DQ_S): those past the last whole group
-    of 8 vector lanes ([1, C, 1, 1] mask), or all of them without vectorized kernels (True)."""
+    of 8 vector lanes ([1, C, 1, 1] mask), or all of them without vectorized kernels (True).
+
+    Reproduces: aten/src/ATen/native/quantized/cpu/kernels/QuantizedOpKernels.cpp
+        (qcat_nhwc_kernel).
+    """
     if not cpu.quantized_vectors:
         return True
     return (torch.arange(channels) >= channels // 8 * 8).view(1, channels, 1, 1)

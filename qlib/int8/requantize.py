@@ -7,6 +7,14 @@ The engines differ in where the bias enters, in which order the float32 products
 and whether the zero point is added before or after rounding: differences of one step, now and
 then, which is why `int8.run` follows the engine the model was converted under. Notebook 08,
 section 4 puts them side by side; fixedpoint.py is the paper's integer-only alternative.
+
+Where to read the C++ (paths from each repository's root; QNNPACK: PyTorch's copy, relative to
+aten/src/ATen/native/quantized/cpu/qnnpack; oneDNN: v3.12, the version torch 2.14.1 was measured with):
+Reproduces: FBGEMM: include/fbgemm/OutputProcessing-inl.h (ReQuantizeOutput::f).
+Reproduces: FBGEMM: src/QuantUtilsAvx2.cc (requantizeOutputProcessingAvx2).
+Reproduces: QNNPACK: src/q8gemm/4x4c2-sse2.c (pytorch_q8gemm_ukernel_4x4c2__sse2).
+Reproduces: oneDNN: src/cpu/x64/jit_uni_x8s8s32x_conv_kernel.cpp
+    (jit_uni_x8s8s32x_fwd_kernel_vmm_t::store_output).
 """
 
 from __future__ import annotations
@@ -17,17 +25,26 @@ F32 = torch.float32
 
 
 def f32(value) -> torch.Tensor:
-    """A float32 scalar tensor: every float step below rounds to float32, as the C++ does."""
+    """A float32 scalar tensor: every float step below rounds to float32, as the C++ does.
+
+    Course helper: the C++ static_cast<float> of a double scale, no kernel of its own.
+    """
     return torch.as_tensor(value, dtype=torch.float64).to(F32)
 
 
 def rne(x: torch.Tensor) -> torch.Tensor:
-    """Round half to even (nearbyint / cvtps2dq); stays float32 (integer values) for speed."""
+    """Round half to even (nearbyint / cvtps2dq); stays float32 (integer values) for speed.
+
+    Course helper: one instruction's rounding (std::nearbyint, lrintf, cvtps2dq), not a kernel.
+    """
     return torch.round(x)
 
 
 def per_channel(v: torch.Tensor, acc: torch.Tensor) -> torch.Tensor:
-    """Per-output-channel values shaped to broadcast against acc ([N, OC] or [N, OC, H, W])."""
+    """Per-output-channel values shaped to broadcast against acc ([N, OC] or [N, OC, H, W]).
+
+    Course helper: tensor broadcasting, no arithmetic of any kernel.
+    """
     return v.view(-1, *([1] * (acc.dim() - 2)))
 
 
@@ -37,6 +54,9 @@ def fma_f32(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
     a * b is exact in float64; the float64 sum s = a*b + c carries an error e (TwoSum), which only
     matters when s lies exactly halfway between two float32 values: then s moves one float64
     step towards the true value before the single rounding to float32.
+
+    Course helper: an exact model of one vfmadd instruction (the compiler's fusion of the multiply
+    and add in FBGEMM's requantizeOutputProcessingAvx2), not a kernel of its own.
     """
     a, b, c = torch.broadcast_tensors(a.to(F32), b.to(F32), c.to(F32))
     p, c64 = a.double() * b.double(), c.double()
@@ -57,6 +77,11 @@ def requantize_fbgemm(acc, in_s, w_s, bias, out_s, out_zp, relu, per_channel_wei
     the compiler fused with the add into one FMA (a single rounding) except in the depthwise
     kernel (`path="depthwise"`); the forms differ in the last bit now and then. A product too large
     for int32 converts to INT32_MIN, so an absurd output scale gives 0, not 255.
+
+    Reproduces: FBGEMM: include/fbgemm/OutputProcessing-inl.h (ReQuantizeOutput::f).
+    Reproduces: FBGEMM: src/QuantUtilsAvx2.cc (requantizeOutputProcessingAvx2).
+    Reproduces: FBGEMM: src/QuantUtilsAvx2.cc (requantizeOutputProcessingGConvAvx2).
+    Reproduces: FBGEMM: src/FbgemmI8DepthwiseAvx2-inl.h (requantize_).
     """
     ats = f32(in_s) * w_s.to(F32)                      # act_times_w_scale per output channel
     mult = ats / f32(out_s)
@@ -75,7 +100,13 @@ def requantize_fbgemm(acc, in_s, w_s, bias, out_s, out_zp, relu, per_channel_wei
 
 
 def requantize_qnnpack(acc, in_s, w_s, bias, out_s, out_zp, relu, per_channel_weights=True) -> torch.Tensor:
-    """QNNPACK: bias rounded to int32 (scale in_s*w_s), then one float multiplier."""
+    """QNNPACK: bias rounded to int32 (scale in_s*w_s), then one float multiplier.
+
+    Reproduces: aten/src/ATen/native/quantized/cpu/QuantUtils.h (quant_utils::QuantizeBias).
+    Reproduces: aten/src/ATen/native/quantized/cpu/QnnpackUtils.h (generate_requantization_scales).
+    Reproduces: QNNPACK: src/q8gemm/4x4c2-sse2.c (pytorch_q8gemm_ukernel_4x4c2__sse2).
+    Reproduces: QNNPACK: src/q8conv/4x4c2-sse2.c (pytorch_q8conv_ukernel_4x4c2__sse2).
+    """
     if bias is not None:
         bq = rne(bias.to(F32) * (f32(1.0) / (w_s.to(F32) * f32(in_s)))).to(torch.int32)
         acc = acc + per_channel(bq, acc)
@@ -93,6 +124,15 @@ def requantize_onednn(acc, in_s, w_s, bias, out_s, out_zp, relu, per_channel_wei
     differ in how they apply the input and weight scales (onednn.py says which kernel does what):
     "combined" multiplies once by f32(s_in * s_w); "one_by_one" by s_in, then by s_w; "reference"
     as one_by_one, but it divides by the output scale instead of multiplying by its reciprocal.
+    In the C++: PyTorch's entry point, then the jit kernel ("combined"), brgemm ("one_by_one")
+    and the reference kernel ("reference"):
+
+    Reproduces: aten/src/ATen/native/quantized/cpu/qconv.cpp (PackedConvWeightsOnednn::apply_impl).
+    Reproduces: oneDNN: src/cpu/x64/jit_uni_x8s8s32x_conv_kernel.cpp
+        (jit_uni_x8s8s32x_fwd_kernel_vmm_t::store_output).
+    Reproduces: oneDNN: src/cpu/x64/brgemm/jit_brgemm_kernel.cpp
+        (jit_brgemm_kernel_t::store_accumulators_apply_post_ops).
+    Reproduces: oneDNN: src/cpu/ref_convolution_int8.cpp (ref_convolution_int8_fwd_t::execute_forward).
     """
     s = f32(1.0) / f32(1.0 / in_s)
     w = w_s.to(F32)
