@@ -20,10 +20,12 @@ Reading order (the integer path of one layer reads in one sitting: 1 -> 2 -> 7):
                    torch functions called on int8 activations
 8. interpreter.py  the Interpreter: the model's own forward() over those layers, under a guard
 9. compare.py      PyTorch's side (qlib.recorder: every op it ran) next to ours
-10. recordings.py, record.py, replay.py, compact.py   what PyTorch computed on other CPUs
+10. recordings.py, record.py, replay.py, compact.py, diff.py   what PyTorch computed on other
+                   CPUs, and how two CPUs' recordings differ
+11. anatomy.py     the forum's question per layer type: integer or float32, read from dispatch
 """
 
-from . import recordings
+from . import anatomy, recordings
 from .compare import arithmetic_summary, checked_here, claim_exact, compare_layers, trace
 from .cpu import KINDS, CpuProfile
 from .dispatch import ENGINES, REQUANT_MODES
