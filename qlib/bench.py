@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from . import timing
 from .engines import engine_active, engine_of
-from .errors import check_whole
+from .errors import BadInputError, check_whole
 from .metrics import as_tensors, evaluate
 from .paths import REPO_ROOT
 
@@ -95,6 +95,19 @@ def latency_grid(models: dict[str, nn.Module], batch_sizes=(1, 64), thread_count
     order = {name: i for i, name in enumerate(models)}
     return (pd.DataFrame(rows).sort_values(["variant", "threads", "batch_size"], key=lambda c: c.map(order)
                                            if c.name == "variant" else c, kind="stable").reset_index(drop=True))
+
+
+def timings_of(grid: pd.DataFrame, rounds: int, repeats: int, **where) -> dict[str, timing.Timing]:
+    """The grid's rows selected by column values (e.g. model="SeedNet", threads=1, batch_size=1) as
+    {variant: qlib.timing.Timing}, for timing.verdict and timing.fastest."""
+    rows = grid
+    for column, value in where.items():
+        rows = rows[rows[column] == value]
+    if rows.variant.duplicated().any() or rows.empty:
+        raise BadInputError(f"{where} selects {len(rows)} rows with {rows.variant.nunique()} variants: select one "
+                            "model, thread count and batch size, so that each variant has one row.")
+    return {r.variant: timing.Timing(r.variant, r.median_ms, r.low_ms, r.high_ms, r.latency_ms, rounds, repeats,
+                                     int(r.threads)) for r in rows.itertuples()}
 
 
 # --- where the time goes ------------------------------------------------------------------------

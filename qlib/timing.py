@@ -6,7 +6,8 @@ a first call that allocates and packs weights). So `compare` warms every model u
 times any, then times them in interleaved rounds (every model once per round, so that a burst of
 load lands on no model alone), with torch's thread count fixed. Each model gets the median of its
 round medians and a spread: the lowest and highest round median. `verdict` calls one model
-faster than another only when their spreads do not overlap; otherwise it says "within the noise".
+faster than another only when their spreads do not overlap (and there were at least MIN_ROUNDS
+rounds); otherwise it says "within the noise" (or "not judged").
 Notebooks 07, 10 and 11 and `qlib.bench` time with this module.
 """
 
@@ -23,6 +24,8 @@ from tqdm.auto import tqdm
 
 from .engines import engine_active, engine_of
 from .errors import BadInputError, check_whole
+
+MIN_ROUNDS = 3   # fewer rounds give no spread worth judging by: no verdict then
 
 # torch's own default intra-op thread count (its number of physical cores), read before anyone changes it.
 ALL_THREADS = torch.get_num_threads()
@@ -54,6 +57,9 @@ class Timing:
     threads: int
 
     def overlaps(self, other: "Timing") -> bool:
+        """Do the two spreads overlap (or is either too short to have one)?"""
+        if min(self.rounds, other.rounds) < MIN_ROUNDS:
+            return True
         return self.low_ms <= other.high_ms and other.low_ms <= self.high_ms
 
 
@@ -109,6 +115,8 @@ def verdict(subject: Timing, reference: Timing) -> str:
     ratio = subject.median_ms / reference.median_ms
     numbers = (f"{subject.name} {subject.median_ms:.3g} ms ({subject.low_ms:.3g}-{subject.high_ms:.3g}) vs "
                f"{reference.name} {reference.median_ms:.3g} ms ({reference.low_ms:.3g}-{reference.high_ms:.3g})")
+    if min(subject.rounds, reference.rounds) < MIN_ROUNDS:
+        return f"{numbers}: {ratio:.2f}x, not judged (fewer than {MIN_ROUNDS} rounds: no spread to judge by)"
     if subject.overlaps(reference):
         return f"{numbers}: {ratio:.2f}x, within the noise of {subject.rounds} rounds (the spreads overlap)"
     word = "faster" if ratio < 1 else "slower"

@@ -60,3 +60,22 @@ def test_no_models_or_no_tensor_is_refused():
         timing.compare({}, torch.zeros(1))
     with pytest.raises(BadInputError, match="not a tensor"):
         timing.compare({"m": nn.Identity()}, [1, 2])
+
+
+def test_too_few_rounds_give_no_verdict():
+    one = timing.Timing("a", 1.0, 1.0, 1.0, 1.0, 1, 5, 1)
+    other = timing.Timing("b", 9.0, 9.0, 9.0, 9.0, 1, 5, 1)
+    assert timing.is_faster(one, other) is None and "not judged" in timing.verdict(one, other)
+
+
+def test_a_grid_gives_timings_per_variant():
+    import pandas as pd
+
+    from qlib import bench
+
+    grid = pd.DataFrame([dict(variant=v, model="m", threads=1, batch_size=1, latency_ms=f, median_ms=m, low_ms=lo,
+                              high_ms=hi) for v, f, m, lo, hi in (("FP32", 1.9, 2.0, 1.95, 2.1), ("INT8", 0.9, 1.0, 0.95, 1.1))])
+    ts = bench.timings_of(grid, rounds=3, repeats=5, model="m", threads=1, batch_size=1)
+    assert timing.is_faster(ts["INT8"], ts["FP32"]) is True and ts["INT8"].fastest_ms == 0.9
+    with pytest.raises(BadInputError, match="select one"):
+        bench.timings_of(pd.concat([grid, grid]), rounds=3, repeats=5, model="m")
