@@ -239,13 +239,18 @@ def main(argv=None) -> int:
     parser.add_argument("name", choices=sorted(CATALOGUE))
     parser.add_argument("--epochs", type=int, default=None, help="default: the catalogue's")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=CHECKPOINT_DIR,
+                        help="folder for the checkpoint and its manifest.json (default: data/checkpoints, the "
+                             "course's own; another folder leaves those untouched)")
     args = parser.parse_args(argv)
     start = time.perf_counter()
+    manifest = args.out / "manifest.json"
     try:
-        read_manifest()  # a broken manifest is reported now, not after an hour of training
+        read_manifest(manifest)  # a broken manifest is reported now, not after an hour of training
         model, test_accuracy, history = train(args.name, args.epochs, args.seed)
+        args.out.mkdir(parents=True, exist_ok=True)
         entry = save(args.name, model, test_accuracy, history, len(history), args.seed,
-                     time.perf_counter() - start)
+                     time.perf_counter() - start, directory=args.out, manifest_path=manifest)
     except QlibError as error:  # the message says what and how to fix; a traceback would bury it
         print(f"{type(error).__name__}: {error}", file=sys.stderr)
         return 1

@@ -265,12 +265,26 @@ for i in range(n):
         fh.write("0x0000000000000000\n")
 print(f"midr=0x{midr:08x} hwcap=0x{hwcap:x}")
 PYEOF
+# The guest's sys.executable is an aarch64 ELF file, which the host cannot exec (no binfmt handler):
+# a subprocess started with [sys.executable, ...] (notebook 08 does) would fail with "Exec format
+# error".  This sitecustomize (first on the guest's path; it shadows Debian's, which only hooks
+# apport) makes sys.executable the wrapper, a host script that runs qemu again.
+mkdir -p "$W/guest"
+cat > "$W/guest/sitecustomize.py" <<'PYEOF'
+"""arm-python's guest start-up (scripts/arm64-qemu.sh): sys.executable names the wrapper, so that
+subprocesses started with sys.executable run under qemu too."""
+import os
+import sys
+
+if os.environ.get("ARM_PYTHON"):
+    sys.executable = os.environ["ARM_PYTHON"]
+PYEOF
 cat > "$W/arm-python.new" <<EOF
 #!/usr/bin/env bash
 # aarch64 python $PYV with torch $TORCH_VERSION (Linux aarch64 wheel), under qemu-user.
 # Written by scripts/arm64-qemu.sh.  ARM_CPU: the emulated CPU model (default neoverse-n1;
 # list: qemu-aarch64-static -cpu help).  The guest's PYTHONPATH: ARM_PYTHONPATH, the
-# repository root (unless ARM_NO_REPO=1), then the wheels.  The rest of the environment
+# repository root (unless ARM_NO_REPO=1), then the wheels; sys.executable is this wrapper.  The rest of the environment
 # (QLIB_SMOKE, QLIB_ENGINE, ...) passes through.
 W="\$(cd "\$(dirname "\${BASH_SOURCE[0]}")" && pwd)"
 REPO="$REPO"
@@ -282,11 +296,11 @@ if [ ! -e "\$O/proc/cpuinfo" ]; then
   qemu-aarch64-static -cpu "\$CPU" -L "\$W/sysroot" "\$W/sysroot/usr/bin/python$PYV" \\
       "\$W/tools/cpuinfo_overlay.py" "\$O" "\$(nproc --all)" >&2 || exit 1
 fi
-PP="\$W/site-torch:\$W/site"
+PP="\$W/guest:\$W/site-torch:\$W/site"
 [ "\${ARM_NO_REPO:-0}" = 1 ] || PP="\$REPO:\$PP"
 [ -z "\${ARM_PYTHONPATH:-}" ] || PP="\$ARM_PYTHONPATH:\$PP"
 exec qemu-aarch64-static -cpu "\$CPU" -L "\$O" -E "LD_LIBRARY_PATH=\$W/cuda-stubs" \\
-    -E "PYTHONPATH=\$PP" -E PYTHONNOUSERSITE=1 -U PYTHONHOME "\$O/usr/bin/python$PYV" "\$@"
+    -E "PYTHONPATH=\$PP" -E PYTHONNOUSERSITE=1 -E "ARM_PYTHON=\$W/arm-python" -U PYTHONHOME "\$O/usr/bin/python$PYV" "\$@"
 EOF
 chmod +x "$W/arm-python.new"; mv -f "$W/arm-python.new" "$W/arm-python"
 mkdir -p "$W/kernels/arm64-qemu"
