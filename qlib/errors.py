@@ -22,6 +22,10 @@ class PipelineOrderError(QlibError, RuntimeError):
     """A step of prepare -> calibrate -> convert was skipped or run on the wrong kind of model."""
 
 
+class NotQuantizableError(QlibError, TypeError):
+    """The model lacks what eager-mode static quantization needs (stubs, FloatFunctional)."""
+
+
 def kind_of(value) -> str:
     """A short description of `value` for an error message: type, and dtype / shape for tensors."""
     import numpy as np

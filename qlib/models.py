@@ -13,8 +13,7 @@ from torch import nn
 from torch.ao.nn.quantized import FloatFunctional
 from torch.ao.quantization import DeQuantStub, QuantStub, fuse_modules
 
-from .errors import check_whole
-from .quantizable import NotQuantizableError
+from .errors import NotQuantizableError, check_whole
 
 
 class SeedNet(nn.Module):

@@ -34,16 +34,12 @@ from torch.ao.nn.quantized import FloatFunctional
 from torch.ao.quantization import DeQuantStub, QuantStub
 from torch.ao.quantization.quantization_mappings import get_default_static_quant_module_mappings
 
-from .errors import QlibError
+from .errors import NotQuantizableError, QlibError  # noqa: F401 (quantizable.NotQuantizableError)
 
 
 # The methods of FloatFunctional (and of QFunctional, what convert() makes of it): one list for
 # every module that must recognise them (this check, qlib.inspection, qlib.int8's recorder).
 FUNCTIONAL_METHODS = ("add", "add_relu", "add_scalar", "mul", "mul_scalar", "cat", "matmul")
-
-
-class NotQuantizableError(QlibError, TypeError):
-    """The model lacks what eager-mode static quantization needs (stubs, FloatFunctional)."""
 
 
 class NotCheckedWarning(UserWarning):

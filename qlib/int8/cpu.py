@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .. import sysinfo
+from .. import cpuinfo
 from ..errors import BadInputError
 
 # Each library's instruction-set levels, lowest first (an environment cap keeps the lower of two).
@@ -140,7 +140,7 @@ class CpuProfile:
     @classmethod
     def detect(cls) -> "CpuProfile":
         """This machine, as PyTorch's libraries see it (environment caps included)."""
-        flags = sysinfo.cpu_flags()
+        flags = cpuinfo.cpu_flags()
         return profile_from_flags(flags, arch=platform.machine(), system=platform.system(),
                                   aten=torch.backends.cpu.get_cpu_capability(), env=os.environ)
 

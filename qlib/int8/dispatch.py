@@ -24,6 +24,7 @@ import torch
 from ..errors import check_choice
 from . import elementwise, fixedpoint, integer, onednn, quirks, requantize
 from .cpu import CpuProfile
+from .runstate import offline
 
 ENGINES = ("fbgemm", "x86", "qnnpack", "onednn")
 REQUANT_MODES = ("exact", "fixedpoint")
@@ -128,7 +129,7 @@ def binary(op: str, engine: str, cpu: CpuProfile, requant: str = "exact") -> Cal
 
     def add(a, sa, za, b, sb, zb, s, z, relu):
         if add_library(engine, requant, a.shape == b.shape) == "qnnpack":
-            with _offline():   # QNNPACK's multipliers: float at set-up, like every other constant
+            with offline():   # QNNPACK's multipliers: float at set-up, like every other constant
                 multipliers = elementwise.qnnpack_add_multipliers(sa, sb, s)
             return elementwise.add_qnnpack(a, za, b, zb, z, relu, *multipliers)
         # operands in different memory orders: TensorIterator runs no vector loop at all
@@ -232,7 +233,7 @@ def activation(op: str, engine: str, cpu: CpuProfile, requant: str = "exact") ->
     256-entry table; ATen dequantizes with the vector loop's DQ_V / DQ_S split."""
     if requant == "fixedpoint":
         def table(q, s, zp, s_out, zp_out):
-            with _offline():                     # a table of 256 values, built once: float allowed
+            with offline():                     # a table of 256 values, built once: float allowed
                 x = elementwise.dequantize_scalar(torch.arange(256), s, zp)
                 y = (elementwise.hardswish_float(x, s_out, zp_out) if op == "hardswish"
                      else elementwise.hardsigmoid_float(x)).to(torch.int64)
@@ -247,11 +248,6 @@ def activation(op: str, engine: str, cpu: CpuProfile, requant: str = "exact") ->
         x = elementwise.dequantize_mixed(q, s, zp, quirks.tail_mask(q, cpu))
         return elementwise.hardswish_float(x, s_out, zp_out) if op == "hardswish" else elementwise.hardsigmoid_float(x)
     return apply
-
-
-def _offline():
-    from .layers import offline
-    return offline()
 
 
 def check_engine(engine) -> str:

@@ -18,6 +18,7 @@ from __future__ import annotations
 from torch import nn
 
 from . import layers, ops
+from .table import layer_for
 
 def _dropout(ctx, path, x, p=0.5, training=False, inplace=False):
     if training:
@@ -30,8 +31,7 @@ def _module_call(make):
     """A handler that builds the equivalent module and runs the interpreter layer for it."""
     def handler(ctx, path, x, *args, **kwargs):
         module = make(*args, **kwargs)
-        from .interpreter import layer_for        # the one table of module -> layer
-        return layer_for(module, path, ctx)(x)
+        return layer_for(module, path, ctx)(x)    # the one table of module -> layer
     return handler
 
 

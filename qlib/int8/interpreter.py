@@ -16,46 +16,16 @@ import copy
 from collections import OrderedDict
 
 import torch
-import torch.ao.nn.intrinsic.quantized as nniq
-import torch.ao.nn.quantized as nnq
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from . import dispatch, layers, ops
+from . import dispatch, layers
 from .cpu import KINDS, CpuProfile
 from .functional import HANDLERS
+from .table import LAYERS, WEIGHTED, layer_for  # noqa: F401 (the table, re-exported)
 from ..errors import BadInputError, kind_of
 from ..stages import check_converted
-from ..recorder import GLUE, KERNEL_MODULES, Call, has_int8, op_key
-
-# The one table of converted module -> interpreter layer.
-LAYERS = {nnq.Quantize: layers.QuantizeI, nnq.DeQuantize: layers.DeQuantizeI, nnq.QFunctional: ops.QFunctionalI,
-          nn.ReLU: ops.ReLUI, nn.MaxPool2d: ops.MaxPoolI, nn.AvgPool2d: ops.AvgPoolI,
-          nn.AdaptiveAvgPool2d: ops.AdaptiveAvgPoolI,
-          nnq.Hardswish: lambda path, m, ctx: ops.ActivationI(path, m, ctx, "hardswish"),
-          nn.Hardsigmoid: lambda path, m, ctx: ops.ActivationI(path, m, ctx, "hardsigmoid"),
-          nnq.ReLU6: lambda path, m, ctx: ops.ClampI(path, m, ctx, 0.0, 6.0),
-          nn.ReLU6: lambda path, m, ctx: ops.ClampI(path, m, ctx, 0.0, 6.0)}
-WEIGHTED = {nnq.Conv2d: (layers.ConvI, False), nniq.ConvReLU2d: (layers.ConvI, True),
-            nnq.Linear: (layers.LinearI, False), nniq.LinearReLU: (layers.LinearI, True)}
-
-
-def layer_for(module: nn.Module, path: str, ctx: layers.Context):
-    """The interpreter layer standing in for one module, None where the module is kept as it is."""
-    kind = type(module)
-    if kind in LAYERS:
-        return LAYERS[kind](path, module, ctx)
-    if kind in WEIGHTED:
-        layer, relu = WEIGHTED[kind]
-        return layer(path, module, ctx, relu)
-    if isinstance(module, KERNEL_MODULES):
-        supported = sorted({f"{k.__module__.split('.')[-2]}.{k.__name__}" for k in (*LAYERS, *WEIGHTED)})
-        raise layers.UnsupportedModuleError(
-            f"{path or '<model>'} is a {kind.__module__}.{kind.__name__}, which the integer interpreter "
-            f"does not implement. Supported modules: {', '.join(supported)}; plus the torch functions "
-            f"{', '.join(sorted(HANDLERS))} on int8 activations.")
-    return None
-
+from ..recorder import GLUE, Call, has_int8, op_key
 
 def engine_of(qmodel: nn.Module, engine: str | None = None, allow_other_engine: bool = False) -> str:
     """The engine whose arithmetic to follow: the one given, else the one qlib.ptq recorded on the

@@ -13,8 +13,6 @@ Notebook 08, sections 1-2.
 
 from __future__ import annotations
 
-import contextlib
-import threading
 from dataclasses import dataclass, field
 
 import torch
@@ -23,41 +21,11 @@ from torch import nn
 from ..errors import BadInputError, QlibError
 from . import dispatch, elementwise, fixedpoint, integer
 from .cpu import CpuProfile
-
-_LOCAL = threading.local()
-
+from .runstate import current_layer, inside, is_offline, offline  # noqa: F401 (layers.offline etc.)
 
 class UnsupportedModuleError(QlibError, TypeError):
     """A model contains a module or calls a function the interpreter has no integer form of."""
 
-
-@contextlib.contextmanager
-def _setting(name: str, value):
-    """Set a thread-local flag of the interpreter for the duration of a block."""
-    previous = getattr(_LOCAL, name, None)
-    setattr(_LOCAL, name, value)
-    try:
-        yield
-    finally:
-        setattr(_LOCAL, name, previous)
-
-
-def inside(module=None):
-    """Inside interpreter layers the interpreter's guard steps aside (they only read the integers)."""
-    return _setting("module", module)
-
-
-def current_layer():
-    return getattr(_LOCAL, "module", None)
-
-
-def offline():
-    """Constants computed once per layer (multipliers, int32 biases, tables): float allowed here."""
-    return _setting("offline", True)
-
-
-def is_offline() -> bool:
-    return bool(getattr(_LOCAL, "offline", False))
 
 
 # --- integers in and out of PyTorch's quantized tensors -------------------------------------------------

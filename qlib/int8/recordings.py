@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from .. import cpuinfo
 from ..errors import QlibError, check_choice
 from .cpu import CpuProfile, profile_from_flags
 from ..recorder import Call, unique_key
@@ -129,11 +130,9 @@ def from_qdict(d):
 
 def cpu_info(profile: CpuProfile | None = None) -> dict:
     """The "cpu" entry of a recording: the shared format's keys plus the profile."""
-    from .. import sysinfo
-
     profile = profile or CpuProfile.detect()
-    flags = sysinfo.cpu_flags()
-    return {"model": sysinfo.cpu_name(), "machine": platform.machine(), "system": platform.system(),
+    flags = cpuinfo.cpu_flags()
+    return {"model": cpuinfo.cpu_name(), "machine": platform.machine(), "system": platform.system(),
             "flags": " ".join(f for f in FLAGS if f in flags), "aten_capability": torch.backends.cpu.get_cpu_capability(),
             "torch": str(torch.__version__), "threads": torch.get_num_threads(),
             "profile": {f.name: getattr(profile, f.name) for f in fields(CpuProfile)}}
