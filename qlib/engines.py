@@ -28,8 +28,12 @@ def on_x86_64() -> bool:
 def available_engines() -> list[str]:
     """The quantized engines this torch build can run: without the placeholder 'none', and
     without fbgemm off x86-64 (Linux ARM64 torch lists it, then fails with "unknown architecure")."""
-    return [e for e in torch.backends.quantized.supported_engines
-            if e != "none" and (e != "fbgemm" or on_x86_64())]
+    return [e for e in torch_engines() if e != "none" and (e != "fbgemm" or on_x86_64())]
+
+
+def torch_engines() -> list[str]:
+    """The engines this torch build lists (its own word, before qlib's filter)."""
+    return list(torch.backends.quantized.supported_engines)
 
 
 def check_engine(engine: str) -> str:

@@ -193,11 +193,18 @@ def test_no_engine_means_the_course_engine_which_QLIB_ENGINE_sets(chosen, seedne
     assert ptq.quantize_static(seednet, [images], progress=False).qengine == chosen
 
 
-def test_without_QLIB_ENGINE_the_course_engine_is_x86_where_torch_has_it(monkeypatch):
+def test_without_QLIB_ENGINE_the_course_engine_is_x86_on_x86_64_and_qnnpack_elsewhere(monkeypatch):
     from qlib import engines
     monkeypatch.delenv("QLIB_ENGINE", raising=False)
-    expected = "x86" if "x86" in engines.available_engines() else "qnnpack"
+    expected = "x86" if "x86" in engines.available_engines() and engines.on_x86_64() else "qnnpack"
     assert engines.course_engine() == expected
+    # Linux ARM64 torch lists x86 (its default there), onednn and fbgemm: the course takes qnnpack
+    # (data/kernel-recordings/arm64: the interpreter reproduces qnnpack there, not x86 / onednn) and
+    # offers no fbgemm, which fails on ARM
+    monkeypatch.setattr(engines.platform, "machine", lambda: "aarch64")
+    monkeypatch.setattr(engines, "torch_engines", lambda: ["qnnpack", "onednn", "x86", "fbgemm", "none"])
+    assert engines.course_engine() == "qnnpack"
+    assert engines.available_engines() == ["qnnpack", "onednn", "x86"]
 
 
 @pytest.mark.parametrize("qconfig", ["x86", get_default_qconfig, {"activation": None}])

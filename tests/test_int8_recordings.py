@@ -22,8 +22,9 @@ def test_the_course_holds_recordings_of_several_cpu_kinds():
     kinds = recordings.recorded_kinds()
     how = {kind: json.loads((ROOT / kind / "manifest.json").read_text())["recorded"] for kind in kinds}
     assert {k for k, h in how.items() if h == "real"} >= {"avx2", "avx512-vnni", "amx"}, how
+    assert how.get("arm64") == "qemu", how
     total = sum(p.stat().st_size for p in ROOT.rglob("*") if p.is_file())
-    assert total < 30 * 2 ** 20, f"recordings take {total / 2 ** 20:.1f} MB (limit 30)"
+    assert total < 32 * 2 ** 20, f"recordings take {total / 2 ** 20:.1f} MB (limit 32)"
     for kind in kinds:
         manifest = json.loads((ROOT / kind / "manifest.json").read_text())
         assert manifest["note"] and set(manifest["files"]) == {p.name for p in recordings.recording_files(ROOT / kind)}
@@ -57,7 +58,24 @@ def test_the_emulated_avx2_vnni_kind_computes_as_the_real_avx2_cpu_where_its_ker
     assert not d.same, d.line()
 
 
-@pytest.mark.parametrize("path", FILES, ids=[f"{p.parent.name}/{p.name.split('.')[0]}" for p in FILES])
+# Linux ARM64 torch also runs engines x86 and onednn: oneDNN's ARM kernels and ATen's NEON loops, whose
+# rounding the interpreter does not model. These files are replayed and must stay NOT exact (a strict
+# expected failure: were one to become exact, this list is stale). The course engine there is qnnpack,
+# whose ARM kernels the interpreter reproduces bit for bit (every arm64 qnnpack file is exact).
+NOT_MODELLED = {"arm64": {"add-onednn", "add-x86", "layers-onednn-perchannel-full", "layers-x86-perchannel-rr",
+                          "model-resnet18-fmnist-x86"}}
+
+
+def _param(path):
+    stem = path.name.split(".")[0]
+    if stem in NOT_MODELLED.get(path.parent.name, ()):
+        return pytest.param(path, marks=pytest.mark.xfail(strict=True, reason=(
+            "Linux ARM64's x86 / onednn engines run oneDNN's ARM kernels and ATen's NEON loops, which the "
+            "interpreter does not reproduce: the course engine on ARM is qnnpack")))
+    return path
+
+
+@pytest.mark.parametrize("path", [_param(p) for p in FILES], ids=[f"{p.parent.name}/{p.name.split('.')[0]}" for p in FILES])
 def test_recording_replays_exactly(path):
     outcome = replay.replay_file(path)
     print(outcome.line())
@@ -127,3 +145,10 @@ def test_record_compact_replay_round_trip(tmp_path):
     assert [o.exact for o in outcomes] == [True]
     assert recordings.profile_of(recordings.load(tmp_path / "small" / "add-qnnpack.pt.xz")["cpu"]).kind == \
         recordings.profile_of(recordings.cpu_info()).kind
+
+
+def test_only_engines_other_than_qnnpack_are_left_unmodelled_on_arm64():
+    """The decision the arm64 recordings support: on ARM the course engine is qnnpack (its files replay exact)."""
+    names = {p.name.split(".")[0] for p in recordings.recording_files(ROOT / "arm64")}
+    assert {n for n in names if "qnnpack" in n} and not any("qnnpack" in n for n in NOT_MODELLED["arm64"])
+    assert NOT_MODELLED["arm64"] <= names     # (tests/test_bad_input_pipeline.py: course_engine() on ARM)
