@@ -129,7 +129,8 @@ class CpuProfile:
             "ATen capability": self.aten,
             "FBGEMM instruction set": self.fbgemm or "none",
             "oneDNN ISA": self.onednn or "none",
-            "x86 engine: convs run": "oneDNN (where allowed)" if self.x86_conv_prefers_onednn else "FBGEMM",
+            "x86 engine: convs run": ("oneDNN (where allowed)" if self.x86_conv_prefers_onednn else "FBGEMM")
+            if self.fbgemm else "- (no x86 engine the course models)",
             "FBGEMM int16 pair saturation": "depthwise convs; " + ", ".join(
                 p for p in ("gemm", "groupwise") if self.fbgemm_int16_pairs(p)) if self.fbgemm else "-",
             "oneDNN int16 pair saturation": self.onednn_int16_pairs,
