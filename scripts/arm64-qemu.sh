@@ -116,13 +116,15 @@ TORCH_SET="torch==$TORCH_VERSION torchvision==$TORCHVISION_VERSION"
 REST="numpy pandas matplotlib tqdm ipywidgets jupyterlab_widgets ipykernel torchao pillow nbformat
       filelock typing-extensions sympy mpmath networkx jinja2 markupsafe fsspec"
 # requirements.txt's pins, then the host venv's versions for everything else (excluding torch's
-# own x86/CUDA packages), as constraints.
+# own x86/CUDA packages), as constraints.  Only the pins decide whether to reinstall: a package
+# added to the host venv later does not.
 mkdir -p "$W/tools"
-{ grep -E '^[A-Za-z0-9_.-]+==' "$REPO/requirements.txt" | grep -Ev '^(torch|torchvision)=='
+PINS="$(grep -E '^[A-Za-z0-9_.-]+==' "$REPO/requirements.txt" | grep -Ev '^(torch|torchvision)==' || true)"
+{ echo "$PINS"
   "$PY" -m pip freeze --disable-pip-version-check 2>/dev/null \
     | grep -E '^[A-Za-z0-9_.-]+==' | grep -Eiv '^(torch|torchvision|triton|nvidia-|cuda-|qlib)' || true
 } | sort -u -f -t= -k1,1 > "$W/tools/constraints.txt"
-KEY="$PYV $TORCH_SET | $(echo $REST) | $(md5sum < "$W/tools/constraints.txt" | cut -c1-12)"
+KEY="$PYV $TORCH_SET | $(echo $REST) | $(md5sum <<<"$PINS" | cut -c1-12)"
 if done_ wheels "$KEY" && [ -d "$W/site-torch/torch" ] && [ -d "$W/site/numpy" ]; then
   log "wheels: present (python $PYV, $TORCH_SET)"
 else
