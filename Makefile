@@ -110,15 +110,18 @@ record-arm64: arm64 data
 # so it runs under nbconvert, which stops at the first error, and that error is checked.
 ARM_JUPYTER := QLIB_SMOKE=1 ARM_CPU=$(ARM_CPU) JUPYTER_PATH=$(CURDIR)/$(ARM)
 test-arm64: arm64 data
+	@status=0; \
 	$(ARM_JUPYTER) $(PY) -m pytest -p no:cacheprovider -o addopts="" -ra \
 	  --nbval-lax --nbval-kernel-name arm64-qemu --nbval-kernel-startup-timeout=600 --nbval-cell-timeout=3000 \
-	  $(foreach n,$(ARM_NOTEBOOKS),notebooks/$(n).ipynb)
-	@echo "==> notebook 11 under the ARM kernel: it must stop at its first cell with its RuntimeError"
-	@out=$$($(ARM_JUPYTER) $(VENV)/bin/jupyter nbconvert --to notebook --execute --stdout \
+	  $(foreach n,$(ARM_NOTEBOOKS),notebooks/$(n).ipynb) || status=1; \
+	echo "==> notebook 11 under the ARM kernel: it must stop at its first cell with its RuntimeError"; \
+	out=$$($(ARM_JUPYTER) $(VENV)/bin/jupyter nbconvert --to notebook --execute --stdout \
 	  --ExecutePreprocessor.kernel_name=arm64-qemu --ExecutePreprocessor.startup_timeout=600 \
 	  --ExecutePreprocessor.timeout=3000 notebooks/11_beyond_eager_mode_pt2e.ipynb 2>&1 >/dev/null); \
-	if sed "s/\x1b\[[0-9;]*m//g" <<<"$$out" | grep -q "RuntimeError: Notebook 11 needs an x86-64 CPU"; then echo "==> notebook 11 stopped there, as it must"; \
-	else echo "$$out" | tail -30; echo "notebook 11 did not stop with its RuntimeError" >&2; exit 1; fi
+	if sed "s/\x1b\[[0-9;]*m//g" <<<"$$out" | grep -q "RuntimeError: Notebook 11 needs an x86-64 CPU"; then \
+	  echo "==> notebook 11 stopped there, as it must"; \
+	else echo "$$out" | tail -30; echo "notebook 11 did not stop with its RuntimeError" >&2; status=1; fi; \
+	exit $$status
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis
