@@ -42,16 +42,6 @@ class Difference:
         return f"{self.name}: {'same' if self.same else 'DIFFERENT'} ({parts})"
 
 
-def _values(t) -> torch.Tensor:
-    """A recorded tensor's values: int_repr of a quantized one, the tensor itself otherwise."""
-    return t.int_repr() if isinstance(t, torch.Tensor) and t.is_quantized else t
-
-
-def _output(entry):
-    """A recorded output: a tensor, or the compact form's {"sha256", "sample"}."""
-    return entry if isinstance(entry, torch.Tensor) else entry
-
-
 def _compare_outputs(diff: Difference, part: str, a, b) -> None:
     if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
         diff.add(part, a.numel(), int((a.reshape(-1) != b.reshape(-1)).sum()))
