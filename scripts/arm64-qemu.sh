@@ -18,7 +18,7 @@
 # Knobs: TORCH_VERSION, TORCHVISION_VERSION (defaults: the pins in requirements.txt),
 #        HOST_PYTHON (an x86 python with pip; default .venv/bin/python, else python3).
 #
-# How, and why (after /work/shared/arm64-qemu, where each finding is written up):
+# How, and why:
 #  1. apt: qemu-user-static (the emulator; Debian 12: qemu 7.2) and
 #     binutils-aarch64-linux-gnu (assembler and linker for the CUDA stand-ins, step 4).
 #  2. An aarch64 CPython from Debian's own arm64 packages, fetched with a private apt

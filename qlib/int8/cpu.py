@@ -232,5 +232,5 @@ KINDS: dict[str, CpuProfile] = {
         description="x86-64 with AVX-512 VNNI and AMX (Intel Sapphire Rapids and later Xeons)"),
     "arm64": CpuProfile(
         "arm64", arch="arm64", system="Darwin", aten="DEFAULT", fbgemm=None, onednn=None,
-        description="ARM64 (Apple Silicon, ARM Linux): engine qnnpack only"),
+        description="ARM64 (Apple Silicon, ARM Linux): engine qnnpack (Linux torch's x86 / onednn: not modelled)"),
 }
