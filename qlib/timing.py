@@ -17,8 +17,6 @@ import contextlib
 import statistics
 import time
 from dataclasses import dataclass
-from typing import Callable
-
 import torch
 from tqdm.auto import tqdm
 
@@ -63,15 +61,6 @@ class Timing:
         return self.low_ms <= other.high_ms and other.low_ms <= self.high_ms
 
 
-def _call(model) -> Callable[[torch.Tensor], object]:
-    engine = engine_of(model)
-
-    def run(x):
-        with engine_active(engine):
-            return model(x)
-    return run
-
-
 def compare(models: dict, inputs: torch.Tensor, rounds: int = 5, repeats: int = 10, warmup: int = 3,
             num_threads: int | None = 1, progress: bool = False) -> dict[str, Timing]:
     """Time every model on `inputs`: each warmed up (`warmup` untimed calls) before any is timed,
@@ -87,21 +76,22 @@ def compare(models: dict, inputs: torch.Tensor, rounds: int = 5, repeats: int = 
     for model in models.values():
         if hasattr(model, "eval"):
             model.eval()
-    runs = {name: _call(model) for name, model in models.items()}
     per_round = {name: [] for name in models}
     fastest = {name: float("inf") for name in models}
     with threads(num_threads) as used, torch.inference_mode():
-        for run in runs.values():
-            for _ in range(warmup):
-                run(inputs)
-        with tqdm(total=rounds * len(runs), desc="timing", disable=not progress, leave=False) as bar:
+        for model in models.values():
+            with engine_active(engine_of(model)):
+                for _ in range(warmup):
+                    model(inputs)
+        with tqdm(total=rounds * len(models), desc="timing", disable=not progress, leave=False) as bar:
             for _ in range(rounds):
-                for name, run in runs.items():
+                for name, model in models.items():
                     times = []
-                    for _ in range(repeats):
-                        start = time.perf_counter()
-                        run(inputs)
-                        times.append((time.perf_counter() - start) * 1e3)
+                    with engine_active(engine_of(model)):     # set once per model and round, not timed
+                        for _ in range(repeats):
+                            start = time.perf_counter()
+                            model(inputs)
+                            times.append((time.perf_counter() - start) * 1e3)
                     per_round[name].append(statistics.median(times))
                     fastest[name] = min(fastest[name], min(times))
                     bar.update()
