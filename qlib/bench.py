@@ -442,7 +442,7 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, nargs="*", default=None,
                         help=f"intra-op thread counts to time (default: 1 and all, here {ALL_THREADS})")
     parser.add_argument("--repeats", type=int, default=10, help="timed forward passes per cell and round")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; each figure keeps its fastest")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; each figure is the median of their medians, with their spread")
     parser.add_argument("--calibration-images", type=int, default=2048)
     parser.add_argument("--test-images", type=int, default=10_000)
     parser.add_argument("--models", nargs="*", default=["seednet-fmnist", "resnet18-fmnist"])
