@@ -83,18 +83,16 @@ def latency_grid(models: dict[str, nn.Module], batch_sizes=(1, 64), thread_count
     check_whole(rounds, "rounds", 1, example=3)
     counts = [ALL_THREADS if count is None else check_whole(count, "threads", 1) for count in thread_counts]
     counts = list(dict.fromkeys(counts))  # one core: "1" and "all" are the same cell
-    rows = []
     cells = [(count, batch) for count in counts for batch in batch_sizes]
-    for count, batch in tqdm(cells, desc="latency grid", disable=not progress, leave=False):
-        measured = timing.compare(models, random_batch(batch), rounds=rounds, repeats=repeats, warmup=warmup,
-                                  num_threads=count)
-        rows += [dict(variant=name, engine=engine_of(models[name]) or "-", threads=count, batch_size=batch,
-                      latency_ms=t.fastest_ms, median_ms=t.median_ms, low_ms=t.low_ms, high_ms=t.high_ms,
-                      per_image_ms=t.median_ms / batch)
-                 for name, t in measured.items()]
-    order = {name: i for i, name in enumerate(models)}
-    return (pd.DataFrame(rows).sort_values(["variant", "threads", "batch_size"], key=lambda c: c.map(order)
-                                           if c.name == "variant" else c, kind="stable").reset_index(drop=True))
+    measured = {(count, batch): timing.compare(models, random_batch(batch), rounds=rounds, repeats=repeats,
+                                               warmup=warmup, num_threads=count)
+                for count, batch in tqdm(cells, desc="latency grid", disable=not progress, leave=False)}
+    rows = [dict(variant=name, engine=engine_of(model) or "-", threads=count, batch_size=batch,
+                 latency_ms=t.fastest_ms, median_ms=t.median_ms, low_ms=t.low_ms, high_ms=t.high_ms,
+                 per_image_ms=t.median_ms / batch)
+            for name, model in models.items() for (count, batch) in cells
+            for t in [measured[count, batch][name]]]
+    return pd.DataFrame(rows)
 
 
 def timings_of(grid: pd.DataFrame, rounds: int, repeats: int, **where) -> dict[str, timing.Timing]:

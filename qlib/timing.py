@@ -17,6 +17,7 @@ import contextlib
 import statistics
 import time
 from dataclasses import dataclass
+
 import torch
 from tqdm.auto import tqdm
 

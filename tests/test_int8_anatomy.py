@@ -45,3 +45,12 @@ def test_bad_layer_type_and_engine_are_refused():
         anatomy.steps("conv 5x5", "x86", KINDS["avx2"])
     with pytest.raises(BadInputError, match="engine"):
         anatomy.steps("conv 3x3", "x68", KINDS["avx2"])
+
+
+def test_vnni_only_where_the_running_kernel_uses_it():
+    assert anatomy.uses_vnni("conv 3x3", "x86", KINDS["amx"])              # oneDNN's AMX kernel
+    assert anatomy.uses_vnni("conv 3x3", "fbgemm", KINDS["avx512-vnni"])   # FBGEMM's AVX-512 VNNI path
+    assert not anatomy.uses_vnni("depthwise conv 3x3", "fbgemm", KINDS["amx"])   # its depthwise pairs in int16
+    assert not anatomy.uses_vnni("conv 3x3", "x86", KINDS["avx2-vnni"])    # x86 -> FBGEMM, which has no AVX-VNNI
+    assert anatomy.uses_vnni("conv 3x3", "onednn", KINDS["avx2-vnni"])     # oneDNN uses it
+    assert not any(anatomy.uses_vnni("conv 3x3", "qnnpack", cpu) for cpu in KINDS.values())

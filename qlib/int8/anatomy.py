@@ -117,6 +117,16 @@ def steps(layer_type: str, engine: str, cpu: CpuProfile, requant: str = "exact")
     return _elementwise(op, engine, cpu, requant)
 
 
+def uses_vnni(layer_type: str, engine: str, cpu: CpuProfile) -> bool:
+    """Does the kernel of this layer type multiply with VNNI (or AMX) instructions, four u8 x s8
+    products per 32-bit lane at once? oneDNN names its ISA in the kernel; FBGEMM uses AVX-512 VNNI
+    (not AVX-VNNI) on its exact paths; QNNPACK never."""
+    row = steps(layer_type, engine, cpu)
+    if row["kernel"].startswith("onednn"):
+        return "vnni" in row["kernel"] or "amx" in row["kernel"]
+    return row["kernel"].startswith("fbgemm") and cpu.fbgemm == "avx512_vnni" and "int16" not in row["accumulate"]
+
+
 def is_integer_only(row: dict) -> bool:
     """No float32 step in a layer's accumulate, bias or requantize."""
     return not any("float32" in row[k] for k in ("accumulate", "bias", "requantize"))
